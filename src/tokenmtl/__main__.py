@@ -1,0 +1,4 @@
+"""`python -m tokenmtl ...` (what torchrun launches) runs the CLI."""
+from tokenmtl.cli import main
+
+main()

@@ -1,0 +1,327 @@
+"""The `tokenmtl` command: train, evaluate, analyze, compare, sweep, demo, methods, data preview."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Multi-task learning on transformers: DTME-MTL, DB-MTL and baselines.")
+data_app = typer.Typer(no_args_is_help=True, help="Look at a benchmark's data.")
+app.add_typer(data_app, name="data")
+
+DEMO_CONFIG = "demo"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from tokenmtl.config import ConfigError
+    from tokenmtl.engine.checkpoint import CheckpointError
+    from tokenmtl.engine.trainer import TrainingError
+
+    errors: list[type[BaseException]] = [ConfigError, CheckpointError, TrainingError, ValueError, KeyError,
+                                         FileNotFoundError, PermissionError, ImportError]
+    try:
+        from tokenmtl.data.errors import DataError
+
+        errors.append(DataError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _guard(fn: Callable[[], Any]) -> Any:
+    """Run a command; a user mistake prints one clear line (TOKENMTL_DEBUG=1 shows the traceback)."""
+    try:
+        return fn()
+    except _user_errors() as err:
+        if os.environ.get("TOKENMTL_DEBUG"):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+
+
+def _build_config(config: str, sets: list[str], tasks: Optional[str], method: Optional[str],
+                  dtme: Optional[bool], data_root: Optional[str], seed: Optional[int],
+                  pretrained: Optional[bool] = None, weights: Optional[str] = None) -> dict[str, Any]:
+    from tokenmtl.config import load_config
+
+    extra: dict[str, Any] = {}
+    if tasks:
+        extra["tasks"] = [t.strip() for t in tasks.split(",") if t.strip()]
+    if method:
+        extra["method"] = {"name": method}
+    if dtme is not None:
+        extra["dtme"] = {"enabled": dtme}
+    if data_root:
+        extra["benchmark"] = {"root": data_root}
+    if seed is not None:
+        extra["train"] = {"seed": seed}
+    if pretrained is not None or weights:
+        extra["model"] = {**({"pretrained": pretrained} if pretrained is not None else {}),
+                          **({"weights": weights} if weights else {})}
+    cfg = load_config(config, overrides=sets, extra=extra)
+    if method:  # --method replaces the method section, options included
+        cfg["method"] = {"name": method, **{k: v for k, v in cfg["method"].items() if k != "name"}}
+    return cfg
+
+
+SetOpt = typer.Option([], "--set", help="Override a config key: --set train.iterations=20 (repeatable).")
+TasksOpt = typer.Option(None, "--tasks", help="Comma-separated task list, e.g. semseg,depth.")
+MethodOpt = typer.Option(None, "--method", help="Balancing method (see `tokenmtl methods`).")
+DtmeOpt = typer.Option(None, "--dtme/--no-dtme", help="Run DTME-MTL analysis + expansion during training.")
+DataRootOpt = typer.Option(None, "--data-root", help="Folder of the benchmark's data (benchmark.root).")
+SeedOpt = typer.Option(None, "--seed", help="train.seed")
+
+
+@app.command()
+def train(
+    config: str = typer.Argument(..., help="A YAML config file, or a packaged config name (demo)."),
+    out: Path = typer.Option(..., "--out", help="Run folder for results.json, config.yaml, checkpoints, logs."),
+    sets: list[str] = SetOpt, tasks: Optional[str] = TasksOpt, method: Optional[str] = MethodOpt,
+    dtme: Optional[bool] = DtmeOpt, data_root: Optional[str] = DataRootOpt, seed: Optional[int] = SeedOpt,
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
+                                              help="Load the backbone's pretrained weights from timm's hub."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Local backbone weights (.safetensors/.npz/.pth)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest good checkpoint in --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train one run (ST when one task is given) and write DIR/results.json."""
+    def run() -> None:
+        from tokenmtl.engine.distributed import DistContext
+        from tokenmtl.engine.trainer import Trainer
+
+        cfg = _build_config(config, sets, tasks, method, dtme, data_root, seed, pretrained, weights)
+        dist = DistContext.from_env()
+        try:
+            results = Trainer(cfg, out, resume=resume, progress=progress, dist=dist).run()
+        finally:
+            dist.close()
+        if dist.is_main:
+            _print_results(results, out)
+
+    _guard(run)
+
+
+def _print_results(results: dict[str, Any], out: Path) -> None:
+    typer.echo(f"results ({results.get('split')} split) -> {out / 'results.json'}")
+    for task, metrics in results["tasks"].items():
+        typer.echo(f"  {task:>12}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+
+@app.command()
+def evaluate(
+    config: str = typer.Argument(...), checkpoint: Path = typer.Option(..., "--checkpoint"),
+    out: Path = typer.Option(..., "--out"), split: str = typer.Option("test", "--split"),
+    sets: list[str] = SetOpt, data_root: Optional[str] = DataRootOpt,
+) -> None:
+    """Evaluate a checkpoint on a split; writes DIR/results.json."""
+    def run() -> None:
+        from tokenmtl.engine.checkpoint import load_checkpoint
+        from tokenmtl.engine.trainer import Trainer
+
+        cfg = _build_config(config, sets, None, None, None, data_root, None)
+        state = load_checkpoint(checkpoint)
+        cfg["tasks"] = state.get("tasks", cfg["tasks"])
+        trainer = Trainer(cfg, out, progress=True)
+        trainer.load_model_state(state)
+        metrics = trainer.evaluate_split(split)
+        results = trainer.results(metrics, split, {"iterations": int(state["step"])})
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+        _print_results(results, out)
+
+    _guard(run)
+
+
+@app.command()
+def analyze(
+    config: str = typer.Argument(...), checkpoint: Optional[Path] = typer.Option(None, "--checkpoint"),
+    out: Path = typer.Option(..., "--out"), sets: list[str] = SetOpt, data_root: Optional[str] = DataRootOpt,
+    num_batches: Optional[int] = typer.Option(None, "--num-batches", help="Batches to analyse (default dtme.num_batches)."),
+) -> None:
+    """Token-space conflict report (conflicts.json + plots) and the expansion plan (plan.json)."""
+    def run() -> None:
+        from tokenmtl.dtme import analyze as dtme_analyze, make_plan, plan_of
+        from tokenmtl.engine.checkpoint import load_checkpoint
+        from tokenmtl.engine.trainer import Trainer, task_losses, _to_device
+        from tokenmtl.report.dtme_plots import plot_conflicts, plot_spectra
+
+        cfg = _build_config(config, sets, None, None, None, data_root, None)
+        trainer = Trainer(cfg, out, progress=True)
+        if checkpoint is not None:
+            state = load_checkpoint(checkpoint)
+            if state.get("tasks") != trainer.tasks:
+                raise ValueError(f"checkpoint tasks {state.get('tasks')} differ from the config's {trainer.tasks}")
+            trainer.load_model_state(state)
+        if plan_of(trainer.model) is not None:
+            raise ValueError("this checkpoint is already expanded by DTME; analyse the checkpoint from before expansion")
+        d = cfg["dtme"]
+        report = dtme_analyze(
+            trainer.model, _to_device(trainer._analysis_loader(), trainer.device),
+            lambda o, b: task_losses(o, b, trainer.specs, trainer.loss_weights),
+            num_batches=num_batches if num_batches is not None else d["num_batches"],
+            r=float(d["r"]), energy_fraction=d["energy_fraction"], progress=True)
+        plan = make_plan(report, ratio=float(d["ratio"]), strategy=d["strategy"], seed=int(d["seed"]),
+                         mode=d["mode"], num_tokens=int(d["num_tokens"]), modulator=d["modulator"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "conflicts.json").write_text(json.dumps(report.to_json(), indent=1))
+        plan.save(out / "plan.json")
+        plot_conflicts(report, plan, out / "conflicts.png")
+        plot_spectra(report, out / "spectra.png")
+        typer.echo(f"plan: TM on layers {plan.tm}, TE on layers {plan.te} -> {out}")
+
+    _guard(run)
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders (or folders of run folders)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write comparison.md/.png (default: first folder)."),
+) -> None:
+    """Table of per-task metrics and delta-m of runs against the single-task runs (markdown + PNG)."""
+    def run() -> None:
+        _compare(runs, out)
+
+    _guard(run)
+
+
+def _compare(runs: list[Path], out: Optional[Path]) -> str:
+    from tokenmtl.report.plots import plot_comparison
+    from tokenmtl.report.table import build_rows, load_runs, to_markdown
+
+    loaded = load_runs(list(runs))
+    rows, tasks, primary = build_rows(loaded)
+    table = to_markdown(rows, tasks, primary)
+    target = out or (runs[0] if runs[0].is_dir() else runs[0].parent)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "comparison.md").write_text(table)
+    plot_comparison(rows, tasks, primary, target / "comparison.png")
+    typer.echo(table)
+    typer.echo(f"written: {target / 'comparison.md'}, {target / 'comparison.png'}")
+    return table
+
+
+@app.command()
+def methods() -> None:
+    """List the balancing methods with a one-line description and their options."""
+    from tokenmtl import balancing
+
+    for name, info in balancing.describe().items():
+        options = ", ".join(f"{k}={v!r}" for k, v in info["options"].items()) or "-"
+        typer.echo(f"{name:<11} [{info['kind']:<8}] {info['summary']}\n{'':<22}options: {options}")
+
+
+@data_app.command("preview")
+def data_preview(
+    config: str = typer.Argument(DEMO_CONFIG), out: Path = typer.Option(Path("preview.png"), "--out"),
+    split: str = typer.Option("train", "--split"), n: int = typer.Option(8, "--n"),
+    sets: list[str] = SetOpt, data_root: Optional[str] = DataRootOpt,
+) -> None:
+    """Write a PNG grid of images and their task targets."""
+    def run() -> None:
+        from tokenmtl.data.base import create_benchmark, resolve_tasks
+        from tokenmtl.data.preview import write_preview
+
+        cfg = _build_config(config, sets, None, None, None, data_root, None)
+        benchmark = create_benchmark(cfg["benchmark"])
+        tasks = resolve_tasks(benchmark, cfg["tasks"])
+        write_preview(benchmark, out, split=split, n=n, tasks=tasks)
+        typer.echo(f"preview -> {out}")
+
+    _guard(run)
+
+
+def _train_quiet(cfg: dict[str, Any], out: Path, progress: bool) -> dict[str, Any]:
+    from tokenmtl.engine.trainer import Trainer
+
+    if (out / "results.json").is_file():
+        typer.echo(f"  {out.name}: done already, reusing results.json")
+        return json.loads((out / "results.json").read_text())
+    resume = (out / "checkpoints").is_dir()
+    return Trainer(cfg, out, resume=resume, progress=progress).run()
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out"),
+    seeds: int = typer.Option(1, "--seeds", help="Seeds per model (the table shows mean ± std)."),
+    sets: list[str] = SetOpt, progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train the single-task models and the multi-task model on `scenes`, then print the table."""
+    def run() -> None:
+        import time
+
+        from tokenmtl.config import load_config
+
+        start = time.perf_counter()
+        base = load_config(DEMO_CONFIG, overrides=sets)
+        from tokenmtl.data.base import create_benchmark, resolve_tasks
+
+        tasks = resolve_tasks(create_benchmark(base["benchmark"]), base["tasks"])
+        for seed in range(seeds):
+            for task in tasks:
+                typer.echo(f"[demo] single-task {task}, seed {seed}")
+                cfg = load_config(DEMO_CONFIG, overrides=sets, extra={"tasks": [task], "train": {"seed": seed}})
+                _train_quiet(cfg, out / f"st-{task}-s{seed}", progress)
+            typer.echo(f"[demo] multi-task (equal weights), seed {seed}")
+            cfg = load_config(DEMO_CONFIG, overrides=sets, extra={"train": {"seed": seed}})
+            _train_quiet(cfg, out / f"mt-ew-s{seed}", progress)
+        _compare([out], out)
+        typer.echo(f"demo wall time: {time.perf_counter() - start:.0f} s")
+
+    _guard(run)
+
+
+@app.command()
+def sweep(
+    config: str = typer.Argument(DEMO_CONFIG), out: Path = typer.Option(Path("runs/sweep"), "--out"),
+    methods_: str = typer.Option("all", "--methods", help="Comma-separated methods, or 'all'."),
+    dtme_mode: str = typer.Option("both", "--dtme", help="off, on or both (each method with and without DTME)."),
+    seeds: int = typer.Option(1, "--seeds"), sets: list[str] = SetOpt,
+    progress: bool = typer.Option(False, "--progress/--no-progress"),
+) -> None:
+    """Train ST models and every method (with/without DTME); write the Table-3-style comparison."""
+    def run() -> None:
+        from tokenmtl import balancing
+        from tokenmtl.config import load_config
+        from tokenmtl.data.base import create_benchmark, resolve_tasks
+
+        if dtme_mode not in ("off", "on", "both"):
+            raise ValueError(f"--dtme must be off, on or both; got {dtme_mode!r}")
+        names = balancing.available() if methods_ == "all" else [m.strip() for m in methods_.split(",")]
+        unknown = [m for m in names if m not in balancing.available()]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(balancing.available())}")
+        base = load_config(config, overrides=sets)
+        tasks = resolve_tasks(create_benchmark(base["benchmark"]), base["tasks"])
+        flags = {"off": [False], "on": [True], "both": [False, True]}[dtme_mode]
+        for seed in range(seeds):
+            for task in tasks:
+                typer.echo(f"[sweep] ST {task} seed {seed}")
+                cfg = load_config(config, overrides=sets, extra={"tasks": [task], "train": {"seed": seed}})
+                _train_quiet(cfg, out / f"st-{task}-s{seed}", progress)
+            for name in names:
+                for flag in flags:
+                    tag = f"{name}{'-dtme' if flag else ''}-s{seed}"
+                    typer.echo(f"[sweep] {tag}")
+                    cfg = load_config(config, overrides=sets,
+                                      extra={"method": {"name": name}, "dtme": {"enabled": flag},
+                                             "train": {"seed": seed}})
+                    _train_quiet(cfg, out / tag, progress)
+        _compare([out], out)
+
+    _guard(run)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

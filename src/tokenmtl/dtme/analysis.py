@@ -1,0 +1,308 @@
+"""Conflict analysis of a multi-task model: token spaces and token-level gradient conflicts per layer.
+
+METHOD.md 1.1-1.2. Pass 1 streams the tokens entering each block into a float64 covariance
+(no gradients), then eigendecomposes and splits it. Pass 2 runs, per batch, one forward pass, T
+backward passes through the heads alone (each task's own head) and one backward pass through the
+shared blocks batched over the T tasks (`is_grads_batched`; a loop of T passes as a fallback),
+which gives dL_t/dX_l for every task and layer at once, and counts conflicts.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from tokenmtl.dtme.conflicts import ConflictCounts, conflict_counts
+from tokenmtl.dtme.token_space import TokenCovariance, TokenSpace, split_token_space
+
+LossFn = Callable[[Mapping[str, torch.Tensor], Any], Mapping[str, torch.Tensor]]
+Reduce = Callable[[torch.Tensor], Any]
+
+
+@dataclass
+class LayerReport:
+    """Statistics of the tokens entering one block."""
+
+    layer: int
+    dim: int
+    k: int
+    range_conflict_rate: float
+    null_conflict_rate: float
+    range_mean_cosine: float
+    null_mean_cosine: float
+    pairs_counted: float
+    eigenvalues: list[float]
+
+
+@dataclass
+class ConflictReport:
+    """Per-layer token-space report of `analyze`; JSON round trip with `to_json`/`from_json`."""
+
+    tasks: list[str]
+    num_blocks: int
+    layers: list[LayerReport]
+    r: float
+    energy_fraction: float | None
+    num_batches: int
+    num_tokens: float
+    exclude_prefix: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def layer(self, index: int) -> LayerReport:
+        """The report of block `index`."""
+        for lr in self.layers:
+            if lr.layer == index:
+                return lr
+        raise KeyError(f"layer {index} was not analysed; analysed layers: {[l.layer for l in self.layers]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ConflictReport":
+        data = dict(data)
+        data["layers"] = [LayerReport(**lr) for lr in data["layers"]]
+        return cls(**data)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """JSON text of the report; also written to `path` when given."""
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> "ConflictReport":
+        """Read a report from JSON text or a file path."""
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text()
+        return cls.from_dict(json.loads(text))
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _token_mask(encoder: nn.Module, tokens: torch.Tensor, ctx: Any,
+                exclude_prefix: bool) -> torch.Tensor | None:
+    """(B, N) bool of tokens to count: the adapter's valid tokens (no padding), minus prefix tokens."""
+    mask_fn = getattr(encoder, "token_mask", None)
+    mask = mask_fn(ctx) if mask_fn is not None else None
+    prefix = int(getattr(ctx, "num_prefix_tokens", 0)) if exclude_prefix else 0
+    if prefix:
+        if mask is None:
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        mask = mask.clone()
+        mask[:, :prefix] = False
+    return mask
+
+
+class _CaptureTrunk(nn.Module):
+    """Shared trunk that records the tokens entering the chosen blocks, as gradient targets."""
+
+    def __init__(self, layers: Sequence[int]) -> None:
+        super().__init__()
+        self.layers = set(layers)
+        self.first = min(layers)
+        self.captured: list[torch.Tensor] = []
+
+    def forward(self, encoder: Any, tokens: torch.Tensor, ctx: Any,
+                tasks: list[str]) -> dict[str, torch.Tensor]:
+        self.captured = []
+        for index in range(encoder.num_blocks):
+            if index == self.first:  # nothing before the first analysed block needs gradients
+                tokens = tokens.detach().requires_grad_(True)
+            if index in self.layers:
+                self.captured.append(tokens)
+            with torch.set_grad_enabled(index >= self.first):
+                tokens = encoder.run_block(index, tokens, ctx)
+        self.ctx = ctx
+        self.output = tokens
+        return {task: tokens for task in tasks}
+
+
+def _task_gradients(losses: torch.Tensor, inputs: list[torch.Tensor], output: torch.Tensor,
+                    batched: bool) -> list[torch.Tensor]:
+    """dL_t/dX for every input X, stacked over tasks: a list of (T, *X.shape).
+
+    Two steps: dL_t/dZ at the trunk output Z through task t's head only (T cheap passes), then
+    one backward pass through the shared blocks batched over the T upstream gradients
+    (`is_grads_batched`), or T passes when `batched` is False or an op cannot be batched.
+    """
+    num_tasks = losses.shape[0]
+    upstream = []
+    for t in range(num_tasks):
+        (g,) = torch.autograd.grad(losses[t], [output], retain_graph=True, allow_unused=True)
+        upstream.append(torch.zeros_like(output) if g is None else g)
+    upstream = torch.stack(upstream)
+
+    def filled(grads: tuple, leading: tuple[int, ...]) -> list[torch.Tensor]:
+        return [torch.zeros(*leading, *x.shape, dtype=x.dtype, device=x.device) if g is None else g
+                for g, x in zip(grads, inputs)]
+
+    if batched:
+        try:
+            return filled(torch.autograd.grad(output, inputs, grad_outputs=upstream, is_grads_batched=True,
+                                              retain_graph=True, allow_unused=True), (num_tasks,))
+        except RuntimeError:
+            pass  # an op without a batching rule: fall back to one backward pass per task
+    per_task = [filled(torch.autograd.grad(output, inputs, grad_outputs=upstream[t],
+                                           retain_graph=t < num_tasks - 1, allow_unused=True), ())
+                for t in range(num_tasks)]
+    return [torch.stack([per_task[t][i] for t in range(num_tasks)]) for i in range(len(inputs))]
+
+
+def _progress(iterable: Iterable, total: int | None, desc: str, enabled: bool) -> Iterable:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+def _check_model(model: nn.Module) -> None:
+    from tokenmtl.dtme.expand import plan_of
+
+    if not all(hasattr(model, a) for a in ("encoder", "heads", "trunk", "inputs_from_batch")):
+        raise TypeError(f"analyze needs a MultiTaskModel; got {type(model).__name__}")
+    if plan_of(model) is not None:
+        raise ValueError("analyze runs on an unexpanded model (shared trunk); this one is already expanded")
+    if len(model.tasks) < 2:
+        raise ValueError(f"conflicts need at least 2 tasks; the model has {model.tasks}")
+
+
+def analyze(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: LossFn,
+    num_batches: int | None = None,
+    r: float = 100.0,
+    energy_fraction: float | None = None,
+    layers: Sequence[int] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    reduce: Reduce | None = None,
+    exclude_prefix: bool = False,
+    batched: bool = True,
+) -> ConflictReport:
+    """Token spaces and range/null conflict rates of every (or each listed) block input (METHOD.md 1.1-1.2).
+
+    `loss_fn(outputs, batch) -> {task: scalar loss}`; `num_batches=None` uses the whole loader.
+    The loader is iterated twice (covariance pass, then conflict pass), so it must be re-iterable
+    (a DataLoader or a list, not a generator); a shuffling loader gives each pass its own batches.
+    All tokens entering a block count, prefix (class) tokens included unless `exclude_prefix`;
+    padding tokens of text encoders (the adapter's `token_mask`) never count. `reduce` is applied
+    in place to every sum before it is read (e.g. an all-reduce across ranks). The model runs in
+    eval mode, then its mode is restored; parameter `.grad`s are not touched. `batched=False`
+    replaces the task-batched backward by T backward passes (same result).
+    """
+    _check_model(model)
+    encoder = model.encoder
+    tasks = list(model.tasks)
+    num_blocks = encoder.num_blocks
+    layers = sorted(set(range(num_blocks) if layers is None else (int(l) for l in layers)))
+    if not layers or layers[0] < 0 or layers[-1] >= num_blocks:
+        raise ValueError(f"layers must be block indices in 0..{num_blocks - 1}; got {layers}")
+    if isinstance(loader, Iterator):
+        raise TypeError("analyze iterates the loader twice; pass a re-iterable loader (a DataLoader or a "
+                        f"list), not a one-shot iterator ({type(loader).__name__})")
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches must be >= 1 or None (whole loader); got {num_batches}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    try:
+        size = len(loader)  # type: ignore[arg-type]
+        total = min(size, num_batches) if num_batches is not None else size
+    except TypeError:
+        total = num_batches
+    was_training = model.training
+    model.eval()
+    try:
+        start = time.perf_counter()
+        covs = {l: TokenCovariance(encoder.embed_dim, name=str(l), device=device) for l in layers}
+        seen = 0
+        with torch.no_grad():
+            for batch in _progress(islice(loader, num_batches), total, "dtme: token covariance", progress):
+                tokens, ctx = encoder.embed(_to_device(model.inputs_from_batch(batch), device))
+                mask = _token_mask(encoder, tokens, ctx, exclude_prefix)
+                for index in range(layers[-1] + 1):
+                    if index in covs:
+                        covs[index].update(tokens, mask)
+                    if index < layers[-1]:
+                        tokens = encoder.run_block(index, tokens, ctx)
+                seen += 1
+        if seen == 0:
+            raise ValueError("the loader yielded no batch")
+        if reduce is not None:
+            for cov in covs.values():
+                reduce(cov.sum)
+                reduce(cov.count)
+        covariance_s = time.perf_counter() - start
+        start = time.perf_counter()
+        spaces: dict[int, TokenSpace] = {
+            l: split_token_space(cov, r=r, energy_fraction=energy_fraction) for l, cov in covs.items()}
+        eigh_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        counts = {l: ConflictCounts() for l in layers}
+        capture = _CaptureTrunk(layers)
+        original_trunk = model.trunk
+        model.trunk = capture
+        try:
+            for batch in _progress(islice(loader, num_batches), total, "dtme: conflicts", progress):
+                batch = _to_device(batch, device)
+                with torch.enable_grad():
+                    outputs = model(model.inputs_from_batch(batch))
+                    loss_dict = loss_fn(outputs, batch)
+                    missing = [t for t in tasks if t not in loss_dict]
+                    if missing:
+                        raise KeyError(f"loss_fn returned no loss for tasks {missing}; "
+                                       f"got {sorted(loss_dict)}")
+                    losses = torch.stack([loss_dict[t].reshape(()) for t in tasks])
+                    if not losses.requires_grad:
+                        raise ValueError("the task losses do not depend on the model (no gradient)")
+                    grads = _task_gradients(losses, capture.captured, capture.output, batched)
+                mask = _token_mask(encoder, capture.captured[0], capture.ctx, exclude_prefix)
+                for l, g in zip(layers, grads):
+                    g = g.detach()
+                    g = g.reshape(len(tasks), -1, g.shape[-1]) if mask is None else g[:, mask]
+                    counts[l].add(conflict_counts(g, spaces[l]))
+        finally:
+            model.trunk = original_trunk
+        if reduce is not None:
+            for c in counts.values():
+                reduce(c.values)
+        conflicts_s = time.perf_counter() - start
+    finally:
+        model.train(was_training)
+
+    layer_reports = [
+        LayerReport(
+            layer=l, dim=spaces[l].dim, k=spaces[l].k,
+            range_conflict_rate=counts[l].range_rate, null_conflict_rate=counts[l].null_rate,
+            range_mean_cosine=counts[l].range_mean_cosine, null_mean_cosine=counts[l].null_mean_cosine,
+            pairs_counted=counts[l].pairs, eigenvalues=[float(v) for v in spaces[l].eigenvalues],
+        )
+        for l in layers
+    ]
+    return ConflictReport(
+        tasks=tasks, num_blocks=num_blocks, layers=layer_reports, r=float(r),
+        energy_fraction=energy_fraction, num_batches=seen, num_tokens=float(covs[layers[0]].count),
+        exclude_prefix=exclude_prefix,
+        timings={"covariance_s": covariance_s, "eigh_s": eigh_s, "conflicts_s": conflicts_s,
+                 "covariance_eigh_s": covariance_s + eigh_s,
+                 "conflicts_per_batch_s": conflicts_s / seen},
+    )

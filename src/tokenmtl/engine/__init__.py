@@ -1,0 +1,1 @@
+"""Training engine: loop, schedules, sampling, checkpoints, logging, evaluation."""

@@ -1,0 +1,24 @@
+"""Meters (dataset-level running sums) and multi-task summaries (delta-m, delta-p)."""
+
+from tokenmtl.metrics.delta_m import delta_m, delta_p
+from tokenmtl.metrics.dense import (
+    DepthMeter,
+    Meter,
+    NormalsMeter,
+    RegressionMeter,
+    SaliencyMeter,
+    SemsegMeter,
+)
+from tokenmtl.metrics.edges import EdgeMeter
+
+__all__ = [
+    "DepthMeter",
+    "EdgeMeter",
+    "Meter",
+    "NormalsMeter",
+    "RegressionMeter",
+    "SaliencyMeter",
+    "SemsegMeter",
+    "delta_m",
+    "delta_p",
+]

@@ -1,0 +1,45 @@
+"""Bar charts of a comparison: per-task change vs single-task, and delta-m per run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tokenmtl.report.table import Row  # noqa: E402
+
+
+def plot_comparison(rows: list[Row], tasks: list[str], primary: dict[str, tuple[str, bool]], path: str | Path) -> None:
+    """Left: relative change of each task's primary metric vs ST (positive = better); right: delta-m."""
+    st = next((r for r in rows if r.label == "ST"), None)
+    others = [r for r in rows if r.label != "ST"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    width = 0.8 / max(len(others), 1)
+    for i, row in enumerate(others):
+        values = []
+        for t in tasks:
+            if st is None or t not in st.metrics or t not in row.metrics or st.metrics[t][0] == 0:
+                values.append(0.0)
+                continue
+            sign = -1.0 if primary[t][1] else 1.0
+            values.append(100.0 * sign * (row.metrics[t][0] - st.metrics[t][0]) / abs(st.metrics[t][0]))
+        ax1.bar([j + i * width for j in range(len(tasks))], values, width, label=row.label)
+    ax1.axhline(0, color="black", linewidth=0.8)
+    ax1.set_xticks([j + width * (len(others) - 1) / 2 for j in range(len(tasks))])
+    ax1.set_xticklabels([f"{t}\n({primary[t][0]})" for t in tasks])
+    ax1.set_ylabel("change vs single-task, % (positive = better)")
+    ax1.set_title("per-task transfer")
+    if others:
+        ax1.legend(fontsize=8)
+    labels = [r.label for r in others if r.delta_m is not None]
+    dms = [r.delta_m for r in others if r.delta_m is not None]
+    colors = ["tab:green" if d[0] >= 0 else "tab:red" for d in dms]
+    ax2.barh(labels, [d[0] for d in dms], xerr=[d[1] for d in dms], color=colors)
+    ax2.axvline(0, color="black", linewidth=0.8)
+    ax2.set_xlabel("Δm vs ST, % (positive = better)")
+    ax2.set_title("multi-task performance")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

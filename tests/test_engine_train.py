@@ -1,0 +1,104 @@
+"""The training loop end to end on a tiny config: resume equivalence, NaN stop, DTME protocol."""
+import json
+
+import pytest
+import torch
+
+from tokenmtl.config import load_config
+from tokenmtl.engine import trainer as trainer_mod
+from tokenmtl.engine.trainer import Schedule, Trainer, TrainingError
+
+
+def _params(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tiny_sets, monkeypatch):
+    cfg = load_config("demo", overrides=tiny_sets)
+    full = Trainer(cfg, tmp_path / "full")
+    full_results = full.run()
+
+    interrupted = Trainer(cfg, tmp_path / "cut")
+    original = Trainer.train_step
+
+    def crash_at_4(self, batch, step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return original(self, batch, step)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed = Trainer(cfg, tmp_path / "cut", resume=True)
+    resumed_results = resumed.run()
+
+    assert resumed_results["tasks"] == full_results["tasks"]
+    for key, value in _params(full).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    full_log = (tmp_path / "full" / "metrics.csv").read_text().splitlines()
+    cut_log = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
+    assert full_log == cut_log
+
+
+def test_same_seed_same_result_and_other_seed_differs(tmp_path, tiny_sets):
+    cfg = load_config("demo", overrides=tiny_sets + ["train.iterations=3"])
+    a = Trainer(cfg, tmp_path / "a").run()
+    b = Trainer(cfg, tmp_path / "b").run()
+    c = Trainer(load_config("demo", overrides=tiny_sets + ["train.iterations=3", "train.seed=1"]),
+                tmp_path / "c").run()
+    assert a["tasks"] == b["tasks"]
+    assert a["tasks"] != c["tasks"]
+
+
+def test_non_finite_loss_stops_naming_task_and_iteration(tmp_path, tiny_sets, monkeypatch):
+    cfg = load_config("demo", overrides=tiny_sets)
+    real = trainer_mod.task_losses
+    calls = {"n": 0}
+
+    def poisoned(outputs, batch, specs, weights):
+        losses = real(outputs, batch, specs, weights)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            losses["depth"] = losses["depth"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(trainer_mod, "task_losses", poisoned)
+    run = Trainer(cfg, tmp_path / "nan")
+    with pytest.raises(TrainingError, match=r"loss of task 'depth' became nan at iteration 4"):
+        run.run()
+    manifest = json.loads((tmp_path / "nan" / "checkpoints" / "checkpoints.json").read_text())
+    assert [e["step"] for e in manifest["checkpoints"]] == [3]
+    assert not (tmp_path / "nan" / "results.json").exists()
+
+
+def test_results_json_has_the_design_format(tmp_path, tiny_sets):
+    cfg = load_config("demo", overrides=tiny_sets + ["train.iterations=2"])
+    results = Trainer(cfg, tmp_path / "r").run()
+    on_disk = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert on_disk == results
+    assert set(results) >= {"tasks", "delta_m", "params", "method", "dtme", "timing"}
+    assert set(results["tasks"]) == {"semseg", "depth", "normals", "edge"}
+    assert results["params"]["total"] == sum(p.numel() for p in Trainer(cfg, tmp_path / "x").model.parameters())
+    assert results["params"]["added_by_dtme"] == 0 and results["dtme"] is None
+
+
+def test_dtme_schedule_equal_post_expansion_iterations():
+    cfg = load_config("demo", overrides=["train.iterations=100", "dtme.enabled=true", "dtme.expand_at=0.25"])
+    schedule = Schedule.from_config(cfg)
+    assert (schedule.expand_step, schedule.total) == (25, 125)
+    assert schedule.lr_position(10) == (10, 100)
+    assert schedule.lr_position(25) == (0, 100)  # the LR schedule restarts after expansion
+    assert schedule.lr_position(124) == (99, 100)
+    cfg["dtme"]["post_iterations"] = "remaining"
+    remaining = Schedule.from_config(cfg)
+    assert remaining.total == 100 and remaining.lr_position(60) == (60, 100)
+
+
+def test_loss_weights_invpt_scheme_and_overrides():
+    cfg = load_config("demo", overrides=["benchmark.name=nyud", "loss_weights.scheme=invpt",
+                                          "loss_weights.weights={depth: 2.0}"])
+    weights = trainer_mod.loss_weights_for(cfg, ["semseg", "depth", "normals", "edge"])
+    assert weights == {"semseg": 1.0, "depth": 2.0, "normals": 10.0, "edge": 50.0}
+    with pytest.raises(TrainingError, match="no InvPT loss weights for benchmark 'scenes'"):
+        trainer_mod.loss_weights_for(load_config("demo", overrides=["loss_weights.scheme=invpt"]), ["depth"])
