@@ -35,8 +35,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _guard(fn: Callable[[], Any]) -> Any:
     """Run a command; a user mistake prints one clear line (TOKENMTL_DEBUG=1 shows the traceback)."""
+    from tokenmtl.engine.trainer import TrainingInterrupted
+
     try:
         return fn()
+    except TrainingInterrupted as err:
+        typer.secho(f"interrupted: {err}", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(code=130) from None
     except _user_errors() as err:
         if os.environ.get("TOKENMTL_DEBUG"):
             raise

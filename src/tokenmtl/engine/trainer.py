@@ -3,7 +3,10 @@ resume to the same result, DTME analysis/expansion at `dtme.expand_at`, any bala
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,6 +20,7 @@ from tokenmtl import balancing
 from tokenmtl.config import dump_config
 from tokenmtl.data.base import create_benchmark, resolve_tasks
 from tokenmtl.engine.checkpoint import CheckpointError, latest_good_checkpoint, save_checkpoint
+from tokenmtl.engine.dist_norm import convert_batchnorm
 from tokenmtl.engine.distributed import DistContext
 from tokenmtl.engine.evaluate import evaluate, move_batch
 from tokenmtl.engine.grad_driver import GradDriver
@@ -31,6 +35,30 @@ from tokenmtl.tasks import INVPT_LOSS_WEIGHTS
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (a non-finite loss, a config that does not fit a checkpoint)."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived: a checkpoint of the last finished step was saved first."""
+
+
+@contextmanager
+def _stop_signals(flag: dict[str, int | None]):
+    """While active, SIGINT/SIGTERM only set `flag['signal']`; the loop saves and stops cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        if flag["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        flag["signal"] = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -151,6 +179,8 @@ class Trainer:
         if len(self.train_set) == 0:
             raise TrainingError("the training split is empty: nothing to train on")
         self.model = build_model(cfg["model"], self.specs).to(self.device)
+        if self.dist.world_size > 1:  # batch statistics over the global batch, as one process would
+            convert_batchnorm(self.model)
         method = dict(cfg["method"])
         self.balancer = balancing.create(method.pop("name"), len(self.tasks), **method)
         if isinstance(self.balancer, torch.nn.Module):
@@ -285,6 +315,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ DTME
     def _after_expansion(self) -> None:
+        if self.dist.world_size > 1:
+            convert_batchnorm(self.model)
         if self.cfg["dtme"]["freeze_backbone"]:
             for p in self.model.encoder.parameters():
                 p.requires_grad_(False)
@@ -373,8 +405,6 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.out / "config.yaml")
         step = self._restore() if self.resume else 0
-        if self.resume and self.plan is not None and self.dist.is_main and (self.out / "plan.json").exists() is False:
-            self.plan.save(self.out / "plan.json")
         logger = RunLogger(self.out, tensorboard=cfg["log"]["tensorboard"], resume_step=step if self.resume else None) \
             if self.dist.is_main else None
         total = self.schedule.total
@@ -384,32 +414,39 @@ class Trainer:
         self.dtme_seconds = getattr(self, "dtme_seconds", 0.0)
         loader_iter = iter(self._loader(step))
         bar = tqdm(total=total, initial=step, desc="train", disable=not self.progress, dynamic_ncols=True)
-        try:
-            while step < total:
-                if self.schedule.expand_step == step and self.plan is None:
-                    self._run_dtme(step, logger)
-                    loader_iter = iter(self._loader(step))
-                lr = self._set_lr(step)
-                batch = move_batch(next(loader_iter), self.device)
-                tick = time.perf_counter()
-                values = self.train_step(batch, step)
-                train_seconds += time.perf_counter() - tick
-                step += 1
-                bar.update(1)
-                bar.set_postfix({t[:6]: f"{v:.3f}" for t, v in values.items()})
-                if logger is not None:
-                    logger.log(step, "train", {**{f"loss/{t}": v for t, v in values.items()}, "lr": lr})
-                if step % eval_every == 0 or step == total:
-                    metrics = self.evaluate_split(cfg["eval"]["split"])
+        stop: dict[str, int | None] = {"signal": None}
+        with _stop_signals(stop):
+            try:
+                while step < total:
+                    if stop["signal"] is not None:
+                        self.save(step)
+                        raise TrainingInterrupted(
+                            f"stopped by {signal.Signals(stop['signal']).name} at iteration {step}; a checkpoint "
+                            f"was saved in {str(self.ckpt_dir)!r}: continue with --resume")
+                    if self.schedule.expand_step == step and self.plan is None:
+                        self._run_dtme(step, logger)
+                        loader_iter = iter(self._loader(step))
+                    lr = self._set_lr(step)
+                    batch = move_batch(next(loader_iter), self.device)
+                    tick = time.perf_counter()
+                    values = self.train_step(batch, step)
+                    train_seconds += time.perf_counter() - tick
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix({t[:6]: f"{v:.3f}" for t, v in values.items()})
                     if logger is not None:
-                        logger.log(step, cfg["eval"]["split"],
-                                   {f"{t}/{k}": v for t, m in metrics.items() for k, v in m.items()})
-                if step % ckpt_every == 0 or step == total:
-                    self.save(step)
-        finally:
-            bar.close()
-            if logger is not None:
-                logger.close()
+                        logger.log(step, "train", {**{f"loss/{t}": v for t, v in values.items()}, "lr": lr})
+                    if step % eval_every == 0 or step == total:
+                        metrics = self.evaluate_split(cfg["eval"]["split"])
+                        if logger is not None:
+                            logger.log(step, cfg["eval"]["split"],
+                                       {f"{t}/{k}": v for t, m in metrics.items() for k, v in m.items()})
+                    if step % ckpt_every == 0 or step == total:
+                        self.save(step)
+            finally:
+                bar.close()
+                if logger is not None:
+                    logger.close()
         final_split = cfg["eval"]["final_split"]
         tick = time.perf_counter()
         metrics = self.evaluate_split(final_split)
