@@ -153,7 +153,7 @@ def analyze(
     def run() -> None:
         from tokenmtl.dtme import analyze as dtme_analyze, make_plan, plan_of
         from tokenmtl.engine.checkpoint import load_checkpoint
-        from tokenmtl.engine.trainer import Trainer, task_losses, _to_device
+        from tokenmtl.engine.trainer import Trainer, task_losses
         from tokenmtl.report.dtme_plots import plot_conflicts, plot_spectra
 
         cfg = _build_config(config, sets, None, None, None, data_root, None)
@@ -167,8 +167,8 @@ def analyze(
             raise ValueError("this checkpoint is already expanded by DTME; analyse the checkpoint from before expansion")
         d = cfg["dtme"]
         report = dtme_analyze(
-            trainer.model, _to_device(trainer._analysis_loader(), trainer.device),
-            lambda o, b: task_losses(o, b, trainer.specs, trainer.loss_weights),
+            trainer.model, trainer._analysis_loader(),
+            lambda o, b: task_losses(o, b, trainer.specs, trainer.loss_weights), device=trainer.device,
             num_batches=num_batches if num_batches is not None else d["num_batches"],
             r=float(d["r"]), energy_fraction=d["energy_fraction"], progress=True)
         plan = make_plan(report, ratio=float(d["ratio"]), strategy=d["strategy"], seed=int(d["seed"]),

@@ -358,8 +358,8 @@ class Trainer:
         d = self.cfg["dtme"]
         specs, weights = self.specs, self.loss_weights
         report = analyze(
-            self.model, _to_device(self._analysis_loader(), self.device),
-            lambda outputs, batch: task_losses(outputs, batch, specs, weights),
+            self.model, self._analysis_loader(),
+            lambda outputs, batch: task_losses(outputs, batch, specs, weights), device=self.device,
             num_batches=d["num_batches"], r=float(d["r"]), energy_fraction=d["energy_fraction"],
             progress=self.progress, reduce=self.dist.all_reduce_sum if self.dist.world_size > 1 else None,
         )
@@ -506,11 +506,6 @@ def recon_layout(model: MultiTaskModel, shared: list[torch.nn.Parameter]) -> lis
             for param in module.parameters(recurse=False):
                 owner[id(param)] = name
     return [(owner.get(id(p)), p.numel()) for p in shared]
-
-
-def _to_device(loader: DataLoader, device: torch.device):
-    for batch in loader:
-        yield move_batch(batch, device)
 
 
 def train(cfg: dict[str, Any], out_dir: str | Path, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:

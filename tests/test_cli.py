@@ -1,0 +1,90 @@
+"""The `tokenmtl` command end to end on a tiny config, and its errors for user mistakes."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tokenmtl.cli import app
+
+runner = CliRunner()
+
+
+def _sets(tiny_sets):
+    return [arg for s in tiny_sets for arg in ("--set", s)]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_train_st_and_mt_then_compare_evaluate_analyze(tmp_path, tiny_sets):
+    sets = _sets(tiny_sets)
+    for task in ("depth", "edge"):
+        result = invoke("train", "demo", "--out", tmp_path / f"st-{task}", "--tasks", task, *sets)
+        assert result.exit_code == 0, result.output
+    result = invoke("train", "demo", "--out", tmp_path / "mt", "--tasks", "depth,edge", *sets)
+    assert result.exit_code == 0, result.output
+    mt = json.loads((tmp_path / "mt" / "results.json").read_text())
+    assert set(mt["tasks"]) == {"depth", "edge"}
+    assert (tmp_path / "mt" / "config.yaml").is_file() and (tmp_path / "mt" / "metrics.csv").is_file()
+
+    result = invoke("compare", tmp_path)
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "comparison.md").read_text()
+    st_depth = json.loads((tmp_path / "st-depth" / "results.json").read_text())["tasks"]["depth"]["rmse"]
+    st_edge = json.loads((tmp_path / "st-edge" / "results.json").read_text())["tasks"]["edge"]["odsF"]
+    expected = 50.0 * (-(mt["tasks"]["depth"]["rmse"] - st_depth) / st_depth
+                       + (mt["tasks"]["edge"]["odsF"] - st_edge) / st_edge)
+    assert f"{expected:+.2f}" in table
+    assert (tmp_path / "comparison.png").stat().st_size > 1000
+
+    ckpt = sorted((tmp_path / "mt" / "checkpoints").glob("ckpt-*.pt"))[-1]
+    result = invoke("evaluate", "demo", "--checkpoint", ckpt, "--out", tmp_path / "eval", *sets)
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert evaluated["tasks"] == mt["tasks"]  # same checkpoint, same split, same numbers
+
+    result = invoke("analyze", "demo", "--checkpoint", ckpt, "--out", tmp_path / "an", "--num-batches", "2",
+                    *sets, "--set", "tasks=[depth,edge]")
+    assert result.exit_code == 0, result.output
+    plan = json.loads((tmp_path / "an" / "plan.json").read_text())
+    assert len(plan["tm"]) == 1 and len(plan["te"]) == 1  # ratio 0.5 of 2 blocks
+    assert (tmp_path / "an" / "conflicts.png").is_file() and (tmp_path / "an" / "spectra.png").is_file()
+
+
+def test_methods_lists_every_method_with_options():
+    result = invoke("methods")
+    assert result.exit_code == 0
+    for name in ("ew", "uw", "dwa", "graddrop", "mgda", "pcgrad", "cagrad", "imtl", "nashmtl",
+                 "alignedmtl", "famo", "dbmtl", "recon"):
+        assert f"\n{name} " in "\n" + result.output
+    assert "beta=0.9" in result.output  # DB-MTL's option
+
+
+def test_data_preview_writes_a_png(tmp_path, tiny_sets):
+    result = invoke("data", "preview", "demo", "--out", tmp_path / "p.png", "--n", "2", *_sets(tiny_sets))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", "depth,colour"], "unknown task(s) 'colour' for benchmark 'scenes'; available: semseg, depth"),
+    (["--method", "gradnorm"], "unknown balancing method 'gradnorm'; available: ew, uw"),
+    (["--set", "benchmark.name=imagenet"], "unknown benchmark 'imagenet'; available: nyud, pascal, scenes, taskonomy"),
+    (["--set", "train.iteratons=3"], "did you mean 'iterations'"),
+    (["--set", "method.betaa=0.3", "--method", "dbmtl"], "unknown option(s) ['betaa'] for method 'dbmtl'"),
+    (["--set", "benchmark.colour=1"], "benchmark 'scenes' does not take colour"),
+    (["--set", "model.backbone=vit_tinny_patch16_224"], "unknown timm backbone 'vit_tinny_patch16_224'"),
+])
+def test_user_mistakes_give_one_clear_line(tmp_path, tiny_sets, args, message):
+    result = runner.invoke(app, ["train", "demo", "--out", str(tmp_path / "x"), *_sets(tiny_sets), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_dataset_root_names_the_path(tmp_path):
+    result = runner.invoke(app, ["train", "configs/nyud_vit_t.yaml", "--out", str(tmp_path / "x"),
+                                 "--data-root", str(tmp_path / "nowhere"), "--no-pretrained"])
+    assert result.exit_code == 2
+    assert str(tmp_path / "nowhere") in result.output and "Traceback" not in result.output
