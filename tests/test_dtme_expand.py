@@ -227,3 +227,27 @@ def test_bring_your_own_model_example_runs():
     scope = runpy.run_path(str(path))
     assert plan_of(scope["model"]) is scope["plan"]
     assert count_added_parameters(scope["model"]) > 0
+
+
+def test_model_forward_for_a_subset_of_tasks_matches_the_full_pass():
+    """`model(x, tasks=[t])` runs only t's stream and gives the same prediction as the full pass."""
+    import timm
+
+    from tokenmtl.dtme import Plan, expand
+    from tokenmtl.models import DenseHead, MultiTaskModel, TimmViTAdapter
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, patch_size=8, depth=3,
+                            embed_dim=32, num_heads=2)
+    model = MultiTaskModel(TimmViTAdapter(vit), {"a": DenseHead(32, 2), "b": DenseHead(32, 1)}).eval()
+    expand(model, Plan(tm=[1], te=[2], tasks=["a", "b"]))
+    with torch.no_grad():
+        for p in model.trunk.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        x = torch.randn(2, 3, 32, 32)
+        full = model(x)
+        only_b = model(x, tasks=["b"])
+    assert list(only_b) == ["b"]
+    assert torch.allclose(only_b["b"], full["b"], atol=1e-5)
+    with pytest.raises(KeyError, match="unknown task"):
+        model(x, tasks=["c"])

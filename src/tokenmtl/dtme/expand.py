@@ -28,7 +28,8 @@ class ExpandedTrunk(nn.Module):
     """A trunk with per-task TM/TE/split modules; `forward(encoder, tokens, ctx, tasks) -> {task: tokens}`.
 
     Any subset of the plan's tasks may be run (e.g. one task alone for per-task inference);
-    streams are returned as (B, N, D) views of the folded batch.
+    streams are returned as (B, N, D) views of the folded batch. At a layer with both, TM
+    modulates the stream's tokens first, then the TE tokens are appended (not modulated).
     """
 
     def __init__(self, plan: Plan, dim: int, split_modules: dict[str, TaskSpecificLinear],

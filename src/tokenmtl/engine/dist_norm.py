@@ -11,36 +11,68 @@ import torch.distributed as tdist
 from torch import nn
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """SUM over processes whose backward is the SUM of the output gradients over processes.
+
+    Rank q's output feeds every rank's loss, so d(sum_r L_r)/d(input_q) = sum_r dL_r/d(output).
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: ARG004 - autograd signature
+        out = tensor.clone()
+        tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        grad = grad.contiguous().clone()
+        tdist.all_reduce(grad, op=tdist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Differentiable SUM of `tensor` over the processes of the default group (a copy)."""
+    return _AllReduceSum.apply(tensor)
+
+
+def _distributed() -> bool:
+    return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+
+
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm whose training statistics are the mean/variance over every process's batch."""
+    """BatchNorm whose training statistics are the mean/variance over every process's batch.
+
+    Per-channel sums of x and x^2 and the element count are summed over processes in one
+    all-reduce, in float64 so that ``var = E[x^2] - E[x]^2`` keeps float32 precision. Outside
+    training, or alone, it is a plain BatchNorm (running statistics).
+    """
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
             raise ValueError(f"expected at least 2D input, got {input.dim()}D")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not (self.training and tdist.is_available() and tdist.is_initialized()
-                and tdist.get_world_size() > 1):
+        if not (self.training and _distributed()):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
+        self._check_input_dim(input)
         dims = [0] + list(range(2, input.dim()))
-        count = torch.tensor([input.numel() / input.shape[1]], dtype=input.dtype, device=input.device)
-        stats = torch.cat([input.sum(dims), (input * input).sum(dims), count])
-        stats = all_reduce(stats)  # differentiable SUM over processes
+        wide = input.double()
+        count = wide.new_tensor([input.numel() / input.shape[1]])
+        stats = all_reduce_sum(torch.cat([wide.sum(dims), (wide * wide).sum(dims), count]))
         channels = input.shape[1]
         total = stats[-1]
         mean = stats[:channels] / total
-        var = stats[channels:2 * channels] / total - mean * mean
+        var = (stats[channels:2 * channels] / total - mean * mean).clamp_min(0.0)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 unbiased = var * total / (total - 1).clamp_min(1)
-                self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
-                self.running_var.mul_(1 - momentum).add_(momentum * unbiased.detach())
+                self.running_mean.mul_(1 - momentum).add_(momentum * mean.to(self.running_mean.dtype))
+                self.running_var.mul_(1 - momentum).add_(momentum * unbiased.to(self.running_var.dtype))
         shape = [1, channels] + [1] * (input.dim() - 2)
-        out = (input - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        scale = torch.rsqrt(var + self.eps).to(input.dtype)
+        out = (input - mean.to(input.dtype).view(shape)) * scale.view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
         return out
@@ -49,7 +81,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 def convert_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm of `module` by SyncBatchNorm (CUDA) or GlobalBatchNorm (else), in place."""
     for name, child in list(module.named_children()):
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(
+                child, (GlobalBatchNorm, nn.SyncBatchNorm)):
             on_cuda = any(p.is_cuda for p in child.parameters()) or (
                 child.running_mean is not None and child.running_mean.is_cuda)
             cls = nn.SyncBatchNorm if on_cuda else GlobalBatchNorm
@@ -63,4 +96,4 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-__all__ = ["GlobalBatchNorm", "convert_batchnorm"]
+__all__ = ["GlobalBatchNorm", "all_reduce_sum", "convert_batchnorm"]

@@ -50,13 +50,20 @@ class MultiTaskModel(nn.Module):
             return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         raise KeyError(f"a batch needs 'image' or 'input_ids'; got keys {sorted(batch)}")
 
-    def forward(self, inputs: Any) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: Any, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Predictions of every task, or only of `tasks` (an expanded trunk then runs only their streams)."""
+        if tasks is None:
+            tasks = self.tasks
+        else:
+            unknown = [t for t in tasks if t not in self.heads]
+            if unknown:
+                raise KeyError(f"unknown task(s) {unknown}; this model has {self.tasks}")
         tokens, ctx = self.encoder.embed(inputs)
-        streams = self.trunk(self.encoder, tokens, ctx, self.tasks)
+        streams = self.trunk(self.encoder, tokens, ctx, list(tasks))
         output_size = getattr(ctx, "image_size", None)
         finished: dict[int, torch.Tensor] = {}
         outputs: dict[str, torch.Tensor] = {}
-        for task in self.tasks:
+        for task in tasks:
             stream = streams[task]
             key = id(stream)
             if key not in finished:  # shared streams are finished once, not once per task
