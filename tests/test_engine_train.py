@@ -102,3 +102,48 @@ def test_loss_weights_invpt_scheme_and_overrides():
     assert weights == {"semseg": 1.0, "depth": 2.0, "normals": 10.0, "edge": 50.0}
     with pytest.raises(TrainingError, match="no InvPT loss weights for benchmark 'scenes'"):
         trainer_mod.loss_weights_for(load_config("demo", overrides=["loss_weights.scheme=invpt"]), ["depth"])
+
+
+def test_dtme_run_expands_once_and_resumes_after_expansion(tmp_path, tiny_sets, monkeypatch):
+    sets = tiny_sets + ["dtme.enabled=true", "dtme.expand_at=0.34", "dtme.num_batches=2", "dtme.lr_mult=5.0"]
+    cfg = load_config("demo", overrides=sets)
+    full = Trainer(cfg, tmp_path / "full")
+    results = full.run()
+    assert results["timing"]["iterations"] == 2 + 6  # 2 warm-up steps, then the full 6 (paper protocol)
+    assert results["dtme"]["expand_step"] == 2
+    assert len(results["dtme"]["tm"]) == 1 and len(results["dtme"]["te"]) == 1
+    assert results["params"]["added_by_dtme"] > 0
+    for name in ("conflicts.json", "plan.json", "conflicts.png", "spectra.png"):
+        assert (tmp_path / "full" / name).is_file(), name
+    groups = {g["name"]: g for g in full.optimizer.param_groups}
+    assert groups["dtme"]["base_lr"] == pytest.approx(5.0 * cfg["train"]["lr"])
+    dtme_params = {id(p) for p in groups["dtme"]["params"]}
+    assert all(id(p) in dtme_params for p in full.model.trunk.parameters())
+
+    original = Trainer.train_step
+
+    def crash_at_5(self, batch, step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return original(self, batch, step)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "cut").run()
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed = Trainer(cfg, tmp_path / "cut", resume=True)
+    assert resumed.run()["tasks"] == results["tasks"]
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_freeze_backbone_trains_only_heads_and_added_parameters(tmp_path, tiny_sets):
+    cfg = load_config("demo", overrides=tiny_sets + ["dtme.enabled=true", "dtme.expand_at=0.34",
+                                                      "dtme.num_batches=1", "dtme.freeze_backbone=true",
+                                                      "train.iterations=3"])
+    trainer = Trainer(cfg, tmp_path / "frozen")
+    trainer.run()
+    before = Trainer(cfg, tmp_path / "x")  # same seed: the encoder after warm-up is what the frozen run kept
+    assert all(not p.requires_grad for p in trainer.model.encoder.parameters())
+    assert any(p.requires_grad for p in trainer.model.trunk.parameters())
+    assert not torch.equal(trainer.model.encoder.vit.pos_embed, before.model.encoder.vit.pos_embed)
