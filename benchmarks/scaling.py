@@ -84,6 +84,25 @@ def measure(method: str, world: int, threads: int, global_batch: int, warmup: in
             "steps_per_s": round(steps / seconds, 3), "samples_per_s": round(steps * global_batch / seconds, 2)}
 
 
+def note(cores: int, load: float) -> str:
+    """What the figures can and cannot show on this machine."""
+    half = max(1, cores // 2)
+    text = (f"One machine, {cores} CPU cores: '1x{cores}' is 1 process with {cores} intra-op threads on the "
+            f"whole batch, '2x{half}' is 2 processes with {half} thread(s) each on half the batch, "
+            "all-reducing gradients and batch-norm sums over gloo, '1x1' is the one-core reference. The "
+            f"'1x{cores}' and '2x{half}' layouts use the same cores for the same arithmetic, so their ratio "
+            "weighs the cost of the all-reduces and of half-size matrices per process against torch's "
+            "intra-op threading; it is not a speed-up from added hardware and says nothing about "
+            "multi-GPU or multi-node runs, which this machine cannot measure. '2x1' over '1x1' is what a "
+            "second core buys through a second process.")
+    if load > cores:
+        text += (f" The machine was shared and loaded (1-minute load average {load:.1f} on {cores} cores): "
+                 "runs whose threads must meet at every parallel op ('1x' with several threads) suffer most "
+                 "from oversubscription, so compare the '2x' rows with '1x1' rather than with the "
+                 "multi-threaded row, and rerun on an idle machine for clean figures.")
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -129,14 +148,7 @@ def main() -> None:
                     "python": platform.python_version(), "torch": torch.__version__},
         "settings": {"warmup": args.warmup, "steps": args.steps, "global_batch": args.global_batch,
                      "sets": DEMO_SETS + args.sets},
-        "note": (f"One machine, {args.cores} CPU cores: '1x{args.cores}' is 1 process with {args.cores} intra-op "
-                 f"threads on the whole batch, '2x{max(1, args.cores // 2)}' is 2 processes with "
-                 f"{max(1, args.cores // 2)} thread(s) each on half the batch, all-reducing gradients and "
-                 "batch-norm sums over gloo, '1x1' is the one-core reference. Both layouts use the same cores "
-                 "for the same arithmetic, so any gain of 2 processes here comes from torch's intra-op "
-                 "threading scaling worse than process parallelism on this small model (compare 1x1), not "
-                 "from added hardware; it says nothing about multi-GPU or multi-node speed-ups, which this "
-                 "machine cannot measure. Other jobs on a shared machine add noise."),
+        "note": note(args.cores, os.getloadavg()[0]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=1) + "\n")

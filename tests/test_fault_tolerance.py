@@ -16,7 +16,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pytest
 import torch
@@ -59,7 +59,7 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _sets(tiny_sets: list[str], extra: list[str] = ()) -> list[str]:
+def _sets(tiny_sets: list[str], extra: Sequence[str] = ()) -> list[str]:
     return tiny_sets + RUN + list(extra)
 
 

@@ -1,4 +1,5 @@
-"""torch.distributed in one small object: rank, world size, and the reductions the run needs.
+"""torch.distributed in one small object: rank, world size, and the reductions the run needs;
+and `GlobalBatchShards`, the sampler that gives each rank its share of a global batch.
 
 Launch with `torchrun --nproc_per_node N -m tokenmtl train ...`; torchrun's environment
 (RANK, WORLD_SIZE, MASTER_ADDR...) is read here. Backend: NCCL on CUDA, gloo on CPU.
@@ -12,6 +13,17 @@ from typing import Iterator
 import torch
 import torch.distributed as tdist
 from torch.utils.data import Sampler
+
+
+def _all_reduce(tensor: torch.Tensor, op: tdist.ReduceOp) -> None:
+    """All-reduce in place; a CPU tensor under NCCL (e.g. a meter's float64 sums, which live on
+    the CPU) travels through this rank's GPU and is copied back."""
+    if tensor.device.type == "cpu" and tdist.get_backend() == "nccl":
+        staged = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        tdist.all_reduce(staged, op=op)
+        tensor.copy_(staged)
+    else:
+        tdist.all_reduce(tensor, op=op)
 
 
 @dataclass
@@ -49,13 +61,13 @@ class DistContext:
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """In-place SUM over ranks (metric counts, covariance sums, conflict counts)."""
         if self.world_size > 1:
-            tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
+            _all_reduce(tensor, tdist.ReduceOp.SUM)
         return tensor
 
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """In-place mean over ranks (gradients of a loss that is a per-rank batch mean)."""
         if self.world_size > 1:
-            tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
+            _all_reduce(tensor, tdist.ReduceOp.SUM)
             tensor.div_(self.world_size)
         return tensor
 
@@ -67,9 +79,8 @@ class DistContext:
         """
         if self.world_size == 1:
             return bool(flag)
-        device = torch.device("cuda", torch.cuda.current_device()) if tdist.get_backend() == "nccl" else "cpu"
-        value = torch.tensor([int(bool(flag))], dtype=torch.int32, device=device)
-        tdist.all_reduce(value, op=tdist.ReduceOp.MAX)
+        value = torch.tensor([int(bool(flag))], dtype=torch.int32)
+        _all_reduce(value, tdist.ReduceOp.MAX)
         return bool(value.item())
 
     def barrier(self) -> None:
