@@ -178,9 +178,6 @@ def _read_report(path: Path) -> dict[str, Any]:
     return json.loads(data) if isinstance(data, str) else data
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Trainer._analysis_loader shards the split by rank (every W-th sample) before shuffling, so W "
-    "processes analyse other samples than one process; fix: GlobalBatchShards (see the issue-6 report)"))
 def test_dtme_conflict_report_all_reduced_equals_one_process(runs):
     """Covariance sums and conflict counts are summed over ranks: the report is the global one."""
     single = _read_report(runs["root"] / "single" / "dtme" / "conflicts.json")
@@ -205,8 +202,6 @@ def test_metrics_are_all_reduced_sums_equal_to_one_process(runs, case):
                         f"{case} rank {rank} {task}/{name}"
 
 
-@pytest.mark.xfail(strict=True, reason="Trainer._dtme_plan writes json.dumps(report.to_json()): a JSON string of "
-                   "the JSON text; fix in the report")
 def test_conflicts_json_is_a_json_object(runs):
     assert isinstance(json.loads((runs["root"] / "rank0" / "dtme" / "conflicts.json").read_text()), dict)
 
@@ -282,10 +277,6 @@ def _signal_worker(rank: int, port: int, cache: str, root: str) -> None:
         dist.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Trainer.run checks its own rank's stop flag: a signal that reaches one rank a step before the "
-    "other sends them into different collectives (barrier vs all-reduce) and the run hangs; fix: "
-    "`if self.dist.any(stop['signal'] is not None)` (see the issue-6 report)"))
 def test_sigterm_reaching_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path, scenes_cache):
     context = mp.get_context("spawn")
     port = _free_port()

@@ -99,13 +99,10 @@ def test_broken_config_override_fails_with_a_clear_message(tmp_path, tiny_sets, 
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-MODEL_SIZES_UNCHECKED = pytest.mark.xfail(strict=True, reason=(
-    "config.validate does not check model sizes: depth=-1 / embed_dim=0 reach timm and raise "
-    "RuntimeError/ZeroDivisionError with a traceback; fix in the issue-6 report (POSITIVE_IF_SET)"))
 NEGATIVE_MODEL_SIZES = [
     pytest.param("benchmark.train_size=-3", id="negative-train-size"),
-    pytest.param("model.depth=-1", id="negative-depth", marks=MODEL_SIZES_UNCHECKED),
-    pytest.param("model.embed_dim=0", id="zero-embed-dim", marks=MODEL_SIZES_UNCHECKED),
+    pytest.param("model.depth=-1", id="negative-depth"),
+    pytest.param("model.embed_dim=0", id="zero-embed-dim"),
     pytest.param("benchmark.image_size=-32", id="negative-image-size"),
 ]
 
@@ -121,9 +118,7 @@ CONFIG_FILES = [
     pytest.param("- a\n- b\n", "must be a mapping at top level, got list", id="yaml-list"),
     pytest.param("just a string\n", "must be a mapping at top level, got str", id="yaml-scalar"),
     pytest.param("train: [unclosed\n", "cannot read config", id="invalid-yaml"),
-    pytest.param(b"\xff\xfe\x00garbage\x80", "cannot read config", id="binary-garbage", marks=pytest.mark.xfail(
-        strict=True, reason="config.load_config lets UnicodeDecodeError through (catches OSError and "
-                            "YAMLError only); fix in the issue-6 report")),
+    pytest.param(b"\xff\xfe\x00garbage\x80", "cannot read config", id="binary-garbage"),
     pytest.param("train:\n  iterations: 1\n  bogus: 2\n", "unknown config key 'train.bogus'", id="unknown-key-in-file"),
 ]
 
@@ -155,17 +150,13 @@ class _Foreign:
     """A pickled class: `weights_only` loading must refuse to run its code."""
 
 
-MULTILINE_LOAD_ERROR = pytest.mark.xfail(strict=True, reason=(
-    "checkpoint.load_checkpoint puts torch's multi-line weights_only message into its one-line "
-    "error; fix in the issue-6 report"))
 BAD_CHECKPOINTS = [
-    pytest.param(os.urandom(4096), "cannot be loaded", id="random-bytes", marks=MULTILINE_LOAD_ERROR),
+    pytest.param(os.urandom(4096), "cannot be loaded", id="random-bytes"),
     pytest.param(b"", "cannot be loaded", id="empty-file"),
     pytest.param(_torch_bytes({"weights": torch.zeros(3)}), "is not a tokenmtl checkpoint", id="foreign-dict"),
     pytest.param(_torch_bytes(torch.zeros(3)), "is not a tokenmtl checkpoint", id="bare-tensor"),
     pytest.param(_torch_bytes([1, 2, 3]), "is not a tokenmtl checkpoint", id="list"),
-    pytest.param(_torch_bytes({"obj": _Foreign()}), "cannot be loaded", id="pickled-class",
-                 marks=MULTILINE_LOAD_ERROR),
+    pytest.param(_torch_bytes({"obj": _Foreign()}), "cannot be loaded", id="pickled-class"),
 ]
 
 
@@ -204,9 +195,6 @@ MISFITS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Trainer.run writes config.yaml before _restore checks the checkpoint fits, so a refused resume "
-    "overwrites the run's config.yaml; fix: dump the config after _restore (issue-6 report)"))
 @pytest.mark.parametrize("extra, fragment", MISFITS)
 def test_resume_from_a_checkpoint_of_another_task_set_or_architecture_fails_and_leaves_the_folder_untouched(
         tmp_path, tiny_sets, finished_run, extra, fragment):
@@ -230,9 +218,6 @@ def test_evaluate_a_checkpoint_of_another_architecture_fails_with_a_clear_messag
     _assert_user_error(result, fragment)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Trainer.load_model_state appends torch's load_state_dict error (one line per mismatched "
-    "tensor, ~60 lines here); fix in the issue-6 report"))
 def test_architecture_misfit_is_reported_in_one_line(tmp_path, tiny_sets, finished_run):
     checkpoint = finished_run / "checkpoints" / read_manifest(finished_run / "checkpoints")[-1]["file"]
     result = _invoke(["evaluate", "demo", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "eval"),
@@ -397,8 +382,7 @@ def test_one_task_run_with_a_balancing_method_trains_without_nan(tmp_path, tiny_
 # --------------------------------------------------------------- the real command, no traceback
 @pytest.mark.parametrize("args, fragment", [
     pytest.param(["train", "demo", "--set", "train.iteration=5"], "unknown config key", id="bad-config"),
-    pytest.param(["evaluate", "demo", "--checkpoint", "RANDOM"], "cannot be loaded", id="random-checkpoint",
-                 marks=MULTILINE_LOAD_ERROR),
+    pytest.param(["evaluate", "demo", "--checkpoint", "RANDOM"], "cannot be loaded", id="random-checkpoint"),
 ])
 def test_command_line_prints_one_error_line_without_traceback(tmp_path, args, fragment):
     if "RANDOM" in args:

@@ -174,7 +174,7 @@ def analyze(
         plan = make_plan(report, ratio=float(d["ratio"]), strategy=d["strategy"], seed=int(d["seed"]),
                          mode=d["mode"], num_tokens=int(d["num_tokens"]), modulator=d["modulator"])
         out.mkdir(parents=True, exist_ok=True)
-        (out / "conflicts.json").write_text(json.dumps(report.to_json(), indent=1))
+        report.to_json(out / "conflicts.json")
         plan.save(out / "plan.json")
         plot_conflicts(report, plan, out / "conflicts.png")
         plot_spectra(report, out / "spectra.png")

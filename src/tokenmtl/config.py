@@ -112,6 +112,8 @@ ALLOWED_CHOICES = {
 POSITIVE = {("train", "iterations"), ("train", "batch_size"), ("train", "eval_every"),
             ("train", "checkpoint_every"), ("train", "keep_checkpoints"), ("eval", "batch_size"),
             ("dtme", "num_tokens")}
+POSITIVE_IF_SET = {("model", "img_size"), ("model", "patch_size"), ("model", "depth"), ("model", "embed_dim"),
+                   ("model", "num_heads"), ("model", "mlp_ratio"), ("model", "head_channels")}
 NON_NEGATIVE = {("train", "lr"), ("train", "weight_decay"), ("train", "warmup_iterations"),
                 ("train", "num_workers"), ("dtme", "expand_at"), ("dtme", "lr_mult"),
                 ("train", "task_lr_mult")}
@@ -189,7 +191,7 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | N
         path = resolve_config_path(name_or_path)
         try:
             data = read_yaml(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             raise ConfigError(f"cannot read config {str(path)!r}: {err}") from None
         if not isinstance(data, Mapping):
             raise ConfigError(f"config {str(path)!r} must be a mapping at top level, got {type(data).__name__}")
@@ -231,6 +233,10 @@ def validate(cfg: Mapping[str, Any]) -> None:
                 raise ConfigError(f"{where} must be one of {', '.join(ALLOWED_CHOICES[(section, key)])}; got {value!r}")
             if (section, key) in POSITIVE and not value > 0:
                 raise ConfigError(f"{where} must be > 0, got {value!r}")
+            if (section, key) in POSITIVE_IF_SET and value is not None and not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                    for v in (value if isinstance(value, (list, tuple)) else [value])):
+                raise ConfigError(f"{where} must be a positive number (or unset), got {value!r}")
             if (section, key) in NON_NEGATIVE and value is not None and value < 0:
                 raise ConfigError(f"{where} must be >= 0, got {value!r}")
     tasks = cfg.get("tasks")

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     data = _verify(path, entry)
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's weights_only refusal: a long multi-line text
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: not a torch file, or one holding "
+                              "pickled objects other than tensors and plain containers") from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: {err}") from None
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: {type(err).__name__}: {first}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{str(path)!r} is not a tokenmtl checkpoint (no 'model' entry)")
     return state

@@ -21,7 +21,7 @@ from tokenmtl.config import dump_config
 from tokenmtl.data.base import create_benchmark, resolve_tasks
 from tokenmtl.engine.checkpoint import CheckpointError, latest_good_checkpoint, save_checkpoint
 from tokenmtl.engine.dist_norm import convert_batchnorm
-from tokenmtl.engine.distributed import DistContext
+from tokenmtl.engine.distributed import DistContext, GlobalBatchShards
 from tokenmtl.engine.evaluate import evaluate, move_batch
 from tokenmtl.engine.grad_driver import GradDriver
 from tokenmtl.engine.run_log import RunLogger
@@ -239,13 +239,15 @@ class Trainer:
                           generator=generator, pin_memory=self.device.type == "cuda")
 
     def _analysis_loader(self) -> DataLoader:
-        """Train split without augmentation, in a fixed shuffled order (dtme.num_batches limits it)."""
+        """Train split without augmentation, in a seeded shuffled order (dtme.num_batches limits it).
+
+        Batch k is global batch k of one process with world x batch_size, each rank its share, so
+        the all-reduced analysis is the same for any number of processes.
+        """
         dataset = self.benchmark.dataset("train", train=False, tasks=self.tasks)
-        if self.dist.world_size > 1:
-            dataset = torch.utils.data.Subset(dataset, list(range(self.dist.rank, len(dataset), self.dist.world_size)))
-        generator = torch.Generator().manual_seed(int(self.cfg["dtme"]["seed"]))
-        return DataLoader(dataset, batch_size=int(self.cfg["train"]["batch_size"]), shuffle=True,
-                          generator=generator, num_workers=int(self.cfg["train"]["num_workers"]))
+        sampler = GlobalBatchShards(len(dataset), int(self.cfg["train"]["batch_size"]), int(self.cfg["dtme"]["seed"]),
+                                    rank=self.dist.rank, world_size=self.dist.world_size)
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=int(self.cfg["train"]["num_workers"]))
 
     def eval_loader(self, split: str) -> DataLoader:
         """Loader over a whole split, sharded across ranks without overlap."""
@@ -310,8 +312,10 @@ class Trainer:
             self._after_expansion()
         try:
             self.model.load_state_dict(state["model"])
-        except RuntimeError as err:
-            raise CheckpointError(f"checkpoint does not fit this model: {err}") from None
+        except RuntimeError as err:  # torch lists every mismatched tensor on its own line
+            details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()] or [str(err)]
+            more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+            raise CheckpointError(f"checkpoint does not fit this model: {details[0][:300]}{more}") from None
 
     # ------------------------------------------------------------------ DTME
     def _after_expansion(self) -> None:
@@ -367,7 +371,7 @@ class Trainer:
                          mode=d["mode"], num_tokens=int(d["num_tokens"]), modulator=d["modulator"])
         self.analysis_report = report
         if self.dist.is_main:
-            (self.out / "conflicts.json").write_text(json.dumps(report.to_json(), indent=1))
+            report.to_json(self.out / "conflicts.json")
             plot_conflicts(report, plan, self.out / "conflicts.png")
             plot_spectra(report, self.out / "spectra.png")
         return plan
@@ -401,10 +405,10 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train (resuming if asked), evaluate, write results.json; returns the results."""
         cfg = self.cfg
+        step = self._restore() if self.resume else 0  # refuses a misfit before anything is written
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.out / "config.yaml")
-        step = self._restore() if self.resume else 0
         logger = RunLogger(self.out, tensorboard=cfg["log"]["tensorboard"], resume_step=step if self.resume else None) \
             if self.dist.is_main else None
         total = self.schedule.total
@@ -418,10 +422,11 @@ class Trainer:
         with _stop_signals(stop):
             try:
                 while step < total:
-                    if stop["signal"] is not None:
+                    if self.dist.any(stop["signal"] is not None):  # every rank stops at the same step
                         self.save(step)
+                        name = signal.Signals(stop["signal"]).name if stop["signal"] is not None else "a signal to another rank"
                         raise TrainingInterrupted(
-                            f"stopped by {signal.Signals(stop['signal']).name} at iteration {step}; a checkpoint "
+                            f"stopped by {name} at iteration {step}; a checkpoint "
                             f"was saved in {str(self.ckpt_dir)!r}: continue with --resume")
                     if self.schedule.expand_step == step and self.plan is None:
                         self._run_dtme(step, logger)
