@@ -11,6 +11,7 @@ variables in buffers instead.
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -74,19 +75,19 @@ class Balancer(nn.Module):
         return f"num_tasks={self.num_tasks}" + (f", {opts}" if opts else "")
 
 
-class LossBalancer(Balancer):
+class LossBalancer(Balancer, ABC):
     """A method that weighs the losses: the driver back-propagates ``weigh(losses)`` once."""
 
     kind: ClassVar[str] = "loss"
     #: Norm to which the driver clips the shared parameters' gradient after backward (0 = off).
     max_norm: float = 0.0
 
+    @abstractmethod
     def weigh(self, losses: Tensor) -> Tensor:
         """Differentiable scalar total loss from the (T,) task losses."""
-        raise NotImplementedError
 
 
-class GradientBalancer(Balancer):
+class GradientBalancer(Balancer, ABC):
     """A method that combines the (T, P) task gradients of the shared parameters.
 
     ``weight_heads``: when True the driver multiplies task t's head gradient by
@@ -116,8 +117,9 @@ class GradientBalancer(Balancer):
         check_losses(losses, self.num_tasks)
         return self._aggregate(grads, losses.detach())
 
+    @abstractmethod
     def _aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The method's update from validated (T, P) gradients and detached (T,) losses."""
 
     def shortcut_weights(self) -> Tensor | None:
         """Weights known before the gradients, or None (the default).
@@ -130,7 +132,7 @@ class GradientBalancer(Balancer):
 
     def finish_shortcut(self, combined: Tensor) -> Tensor:
         """Advance the state after a shortcut step and return the final update."""
-        raise NotImplementedError(f"{self.name} has no shortcut step")
+        raise RuntimeError(f"{self.name} has no shortcut step")
 
 
 class GramianBalancer(GradientBalancer):
@@ -143,7 +145,7 @@ class GramianBalancer(GradientBalancer):
             self.head_weights = self.weights
         return self.weights.to(grads.device) @ grads
 
+    @abstractmethod
     def weights_from_gramian(self, gram: Tensor, losses: Tensor) -> Tensor:
         """(T,) float64 weights from the float64 Gramian and losses."""
-        raise NotImplementedError
 
