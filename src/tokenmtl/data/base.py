@@ -36,11 +36,16 @@ def benchmark_class(name: str) -> type:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def create_benchmark(section: Mapping[str, Any]) -> Benchmark:
-    """Build the benchmark named by `section['name']` with the other keys as constructor arguments."""
+def create_benchmark(section: Mapping[str, Any], progress: bool | None = None) -> Benchmark:
+    """Build the benchmark named by `section['name']` with the other keys as constructor arguments.
+
+    `progress` is passed on to benchmarks that show progress bars (scenes generation).
+    """
     options = {k: v for k, v in section.items() if k != "name"}
     cls = benchmark_class(section["name"])
     params = inspect.signature(cls).parameters
+    if progress is not None and "progress" in params and "progress" not in options:
+        options["progress"] = progress
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(options) - set(params))
         if unknown:

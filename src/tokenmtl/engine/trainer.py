@@ -171,7 +171,7 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.cfg
         seed_everything(int(cfg["train"]["seed"]))
-        self.benchmark = create_benchmark(cfg["benchmark"])
+        self.benchmark = create_benchmark(cfg["benchmark"], progress=self.progress)
         self.tasks = resolve_tasks(self.benchmark, cfg["tasks"])
         self.specs = {t: self.benchmark.task_spec(t) for t in self.tasks}
         self.loss_weights = loss_weights_for(cfg, self.tasks)
