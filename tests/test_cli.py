@@ -88,3 +88,17 @@ def test_missing_dataset_root_names_the_path(tmp_path):
                                  "--data-root", str(tmp_path / "nowhere"), "--no-pretrained"])
     assert result.exit_code == 2
     assert str(tmp_path / "nowhere") in result.output and "Traceback" not in result.output
+
+
+def test_sweep_trains_st_and_each_method_with_and_without_dtme(tmp_path, tiny_sets):
+    sets = _sets(tiny_sets + ["train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2",
+                              "tasks=[depth,edge]", "dtme.num_batches=1", "dtme.expand_at=0.5"])
+    result = invoke("sweep", "demo", "--out", tmp_path, "--methods", "ew,dbmtl", "--dtme", "both", *sets)
+    assert result.exit_code == 0, result.output
+    runs = sorted(p.parent.name for p in tmp_path.glob("*/results.json"))
+    assert runs == ["dbmtl-dtme-s0", "dbmtl-s0", "ew-dtme-s0", "ew-s0", "st-depth-s0", "st-edge-s0"]
+    table = (tmp_path / "comparison.md").read_text()
+    for label in ("| ST |", "| EW |", "| DBMTL |", "| EW + TM+TE |", "| DBMTL + TM+TE |"):
+        assert label in table, label
+    bad = runner.invoke(app, ["sweep", "demo", "--out", str(tmp_path / "x"), "--methods", "ew,adam"])
+    assert bad.exit_code == 2 and "unknown method(s) ['adam']" in bad.output

@@ -241,6 +241,23 @@ def data_preview(
     _guard(run)
 
 
+def _variant(config: str, sets: list[str], seed: int, tasks: list[str] | None = None,
+             method: str | None = None, dtme: bool | None = None) -> dict[str, Any]:
+    """A config with `--set` overrides applied, then the variant's tasks/seed/method/DTME flag on top."""
+    from tokenmtl.config import load_config, validate
+
+    cfg = load_config(config, overrides=sets)
+    cfg["train"]["seed"] = seed
+    if tasks is not None:
+        cfg["tasks"] = list(tasks)
+    if method is not None and method != cfg["method"]["name"]:
+        cfg["method"] = {"name": method}  # another method's options do not carry over
+    if dtme is not None:
+        cfg["dtme"]["enabled"] = dtme
+    validate(cfg)
+    return cfg
+
+
 def _train_quiet(cfg: dict[str, Any], out: Path, progress: bool) -> dict[str, Any]:
     from tokenmtl.engine.trainer import Trainer
 
@@ -271,10 +288,10 @@ def demo(
         for seed in range(seeds):
             for task in tasks:
                 typer.echo(f"[demo] single-task {task}, seed {seed}")
-                cfg = load_config(DEMO_CONFIG, overrides=sets, extra={"tasks": [task], "train": {"seed": seed}})
+                cfg = _variant(DEMO_CONFIG, sets, tasks=[task], seed=seed)
                 _train_quiet(cfg, out / f"st-{task}-s{seed}", progress)
             typer.echo(f"[demo] multi-task (equal weights), seed {seed}")
-            cfg = load_config(DEMO_CONFIG, overrides=sets, extra={"train": {"seed": seed}})
+            cfg = _variant(DEMO_CONFIG, sets, seed=seed)
             _train_quiet(cfg, out / f"mt-ew-s{seed}", progress)
         _compare([out], out)
         typer.echo(f"demo wall time: {time.perf_counter() - start:.0f} s")
@@ -308,15 +325,13 @@ def sweep(
         for seed in range(seeds):
             for task in tasks:
                 typer.echo(f"[sweep] ST {task} seed {seed}")
-                cfg = load_config(config, overrides=sets, extra={"tasks": [task], "train": {"seed": seed}})
+                cfg = _variant(config, sets, tasks=[task], seed=seed)
                 _train_quiet(cfg, out / f"st-{task}-s{seed}", progress)
             for name in names:
                 for flag in flags:
                     tag = f"{name}{'-dtme' if flag else ''}-s{seed}"
                     typer.echo(f"[sweep] {tag}")
-                    cfg = load_config(config, overrides=sets,
-                                      extra={"method": {"name": name}, "dtme": {"enabled": flag},
-                                             "train": {"seed": seed}})
+                    cfg = _variant(config, sets, seed=seed, method=name, dtme=flag)
                     _train_quiet(cfg, out / tag, progress)
         _compare([out], out)
 
