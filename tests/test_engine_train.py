@@ -13,25 +13,29 @@ def _params(trainer):
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
+def interrupted_then_resumed(cfg, folder, monkeypatch, crash_step):
+    """Run until `crash_step` raises KeyboardInterrupt, then resume in the same folder."""
+    original = Trainer.train_step
+
+    def crashing(self, batch, step):
+        if step == crash_step:
+            raise KeyboardInterrupt
+        return original(self, batch, step)
+
+    monkeypatch.setattr(Trainer, "train_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, folder).run()
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed = Trainer(cfg, folder, resume=True)
+    return resumed, resumed.run()
+
+
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tiny_sets, monkeypatch):
     cfg = load_config("demo", overrides=tiny_sets)
     full = Trainer(cfg, tmp_path / "full")
     full_results = full.run()
 
-    interrupted = Trainer(cfg, tmp_path / "cut")
-    original = Trainer.train_step
-
-    def crash_at_4(self, batch, step):
-        if step == 4:
-            raise KeyboardInterrupt
-        return original(self, batch, step)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_4)
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.run()
-    monkeypatch.setattr(Trainer, "train_step", original)
-    resumed = Trainer(cfg, tmp_path / "cut", resume=True)
-    resumed_results = resumed.run()
+    resumed, resumed_results = interrupted_then_resumed(cfg, tmp_path / "cut", monkeypatch, crash_step=4)
 
     assert resumed_results["tasks"] == full_results["tasks"]
     for key, value in _params(full).items():
@@ -120,19 +124,8 @@ def test_dtme_run_expands_once_and_resumes_after_expansion(tmp_path, tiny_sets, 
     dtme_params = {id(p) for p in groups["dtme"]["params"]}
     assert all(id(p) in dtme_params for p in full.model.trunk.parameters())
 
-    original = Trainer.train_step
-
-    def crash_at_5(self, batch, step):
-        if step == 5:
-            raise KeyboardInterrupt
-        return original(self, batch, step)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_5)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "cut").run()
-    monkeypatch.setattr(Trainer, "train_step", original)
-    resumed = Trainer(cfg, tmp_path / "cut", resume=True)
-    assert resumed.run()["tasks"] == results["tasks"]
+    resumed, resumed_results = interrupted_then_resumed(cfg, tmp_path / "cut", monkeypatch, crash_step=5)
+    assert resumed_results["tasks"] == results["tasks"]
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
