@@ -334,7 +334,7 @@ class Trainer:
         d = self.cfg["dtme"]
         start = time.perf_counter()
         if d["enabled"]:
-            plan = self._dtme_plan(logger, step)
+            plan = self._dtme_plan()
         else:
             plan = Plan(tm=[], te=[], tasks=list(self.tasks), strategy="none", ratio=0.0, mode="none")
         if hasattr(self.balancer, "layers_to_split"):
@@ -354,7 +354,7 @@ class Trainer:
             logger.log(step, "dtme", {"seconds": self.dtme_seconds, "tm_layers": len(plan.tm),
                                       "te_layers": len(plan.te), "split_layers": len(plan.split)})
 
-    def _dtme_plan(self, logger: RunLogger | None, step: int):
+    def _dtme_plan(self):
         """Token-space analysis on the train split, then the plan; writes conflicts.json + plots."""
         from tokenmtl.dtme import analyze, make_plan
         from tokenmtl.report.dtme_plots import plot_conflicts, plot_spectra
