@@ -196,10 +196,59 @@ def test_famo_logit_step_is_torch_adam_with_l2_weight_decay() -> None:
         assert torch.allclose(famo.logits, w.detach(), atol=1e-6)
 
 
-def test_famo_defaults_are_the_official_ones() -> None:
+def test_famo_defaults_are_the_official_ones_without_clipping() -> None:
     famo = create("famo", 2)
-    assert (famo.w_lr, famo.gamma, famo.max_norm) == (0.025, 0.01, 1.0)
+    assert (famo.w_lr, famo.gamma, famo.max_norm) == (0.025, 0.01, 0.0)
     assert famo.needs_reevaluation
+    assert balancing.describe()["famo"]["options"]["max_norm"] == 0.0
+    with pytest.raises(ValueError, match="max_norm must be >= 0"):
+        create("famo", 2, max_norm=-1.0)
+
+
+class _TwoTaskNet(torch.nn.Module):
+    """A shared Linear and two Linear heads: the GradDriver's model contract, for FAMO's clip tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.tasks = ["a", "b"]
+        self.shared = torch.nn.Linear(3, 4)
+        self.heads = torch.nn.ModuleDict({t: torch.nn.Linear(4, 1) for t in self.tasks})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {t: self.heads[t](self.shared(x)) for t in self.tasks}
+
+    def shared_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.shared.parameters())
+
+    def task_parameters(self, task: str) -> list[torch.nn.Parameter]:
+        return list(self.heads[task].parameters())
+
+
+def _famo_shared_grad_norm(**options: float) -> tuple[float, float]:
+    """(norm of the shared gradient set by the driver, norm of the plain weighted-sum gradient)."""
+    from tokenmtl.engine.grad_driver import GradDriver
+
+    model, x = _TwoTaskNet(), torch.linspace(-3, 3, 12).reshape(4, 3)
+    famo = create("famo", 2, **options)
+    GradDriver(model, famo).backward({t: 1e3 * (out - 5).pow(2).mean() for t, out in model(x).items()})
+    driver_norm = torch.cat([p.grad.flatten() for p in model.shared_parameters()]).norm()
+    model.zero_grad()
+    losses = torch.stack([1e3 * (out - 5).pow(2).mean() for out in model(x).values()])
+    (famo.weights * losses).sum().backward()
+    plain_norm = torch.cat([p.grad.flatten() for p in model.shared_parameters()]).norm()
+    return float(driver_norm), float(plain_norm)
+
+
+def test_famo_default_leaves_a_large_shared_gradient_unclipped() -> None:
+    driver_norm, plain_norm = _famo_shared_grad_norm()
+    assert plain_norm > 10.0  # a clip to max_norm=1 would have acted on this gradient
+    assert driver_norm == pytest.approx(plain_norm, rel=1e-5)
+
+
+def test_famo_max_norm_option_clips_when_asked() -> None:
+    driver_norm, plain_norm = _famo_shared_grad_norm(max_norm=1.0)
+    assert plain_norm > 10.0 and driver_norm == pytest.approx(1.0, rel=1e-5)
 
 
 # ---------------------------------------------------------------- MGDA

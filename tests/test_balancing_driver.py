@@ -71,7 +71,7 @@ def test_every_method_sets_finite_grads_on_every_parameter(name: str) -> None:
         with torch.no_grad():
             driver.after_step(task_losses(model, x, y))
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    assert info["mode"] in ("single", "gradients", "shortcut")
+    assert info.mode in ("single", "gradients", "shortcut")
 
 
 @pytest.mark.parametrize("name", ["mgda", "pcgrad", "imtl", "dbmtl", "alignedmtl", "cagrad"])
@@ -159,7 +159,7 @@ def test_loss_methods_equal_one_backward_of_the_weighted_sum(name: str) -> None:
     (weights * torch.stack([losses[t] for t in TASKS])).sum().backward()
     for n, p in reference.named_parameters():
         assert torch.allclose(got[n], p.grad, atol=1e-6), n
-    assert info["mode"] == "single"
+    assert info.mode == "single"
 
 
 def test_famo_clips_the_shared_gradient_to_max_norm() -> None:
@@ -234,7 +234,7 @@ def test_nashmtl_shortcut_step_reuses_weights_with_one_backward() -> None:
     params = model.shared_parameters()
     rows = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses[t], params, retain_graph=True)]) for t in TASKS])
     info = driver.backward(losses)
-    assert info["mode"] == "shortcut"
+    assert info.mode == "shortcut"
     assert torch.allclose(torch.cat([p.grad.reshape(-1) for p in params]), alpha @ rows, atol=1e-6)
     assert torch.equal(balancer.weights, alpha)
 

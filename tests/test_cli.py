@@ -51,6 +51,44 @@ def test_train_st_and_mt_then_compare_evaluate_analyze(tmp_path, tiny_sets):
     assert len(plan["tm"]) == 1 and len(plan["te"]) == 1  # ratio 0.5 of 2 blocks
     assert (tmp_path / "an" / "conflicts.png").is_file() and (tmp_path / "an" / "spectra.png").is_file()
 
+    # a run folder alone: its newest good checkpoint and the config it was trained with (no --set repeated);
+    # evaluation never builds the training split: a fresh scenes cache receives the test split only
+    fresh = tmp_path / "fresh-cache"
+    result = invoke("evaluate", tmp_path / "mt", "--out", tmp_path / "eval-dir", "--set", f"benchmark.cache_dir={fresh}")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "eval-dir" / "results.json").read_text())["tasks"] == mt["tasks"]
+    assert [p.name.split("-")[1] for p in fresh.glob("*.npz")] == ["test"]
+    result = invoke("analyze", tmp_path / "mt", "--out", tmp_path / "an-dir", "--num-batches", "2")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "an-dir" / "plan.json").read_text()) == plan  # same checkpoint, same analysis
+
+
+def test_out_that_is_a_file_is_one_clear_line(tmp_path, tiny_sets):
+    target = tmp_path / "results.txt"
+    target.write_text("not a folder")
+    result = runner.invoke(app, ["train", "demo", "--out", str(target), *_sets(tiny_sets)])
+    assert result.exit_code == 2 and "is an existing file; give a folder" in result.output
+    assert "Traceback" not in result.output and target.read_text() == "not a folder"
+
+
+def test_config_show_prints_resolved_values_with_docs():
+    result = invoke("config", "show", "demo", "--set", "train.lr=0.002")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    lr = next(line for line in lines if line.strip().startswith("lr:"))
+    assert "0.002" in lr and "# Base learning rate." in lr
+    assert any(line.strip().startswith("post_iterations:") and '"remaining"' in line for line in lines)
+    from tokenmtl.config import read_yaml
+
+    assert read_yaml(result.output)["train"]["lr"] == 0.002  # the output is a valid config
+    bad = runner.invoke(app, ["config", "show", "demo", "--set", "train.lrr=1"])
+    assert bad.exit_code == 2 and "did you mean 'lr'" in bad.output
+
+
+def test_compare_takes_allow_mixed(tmp_path):
+    result = runner.invoke(app, ["compare", "--help"])
+    assert "--allow-mixed" in result.output
+
 
 def test_methods_lists_every_method_with_options():
     result = invoke("methods")
@@ -70,7 +108,7 @@ def test_data_preview_writes_a_png(tmp_path, tiny_sets):
 @pytest.mark.parametrize("args, message", [
     (["--tasks", "depth,colour"], "unknown task(s) 'colour' for benchmark 'scenes'; available: semseg, depth"),
     (["--method", "gradnorm"], "unknown balancing method 'gradnorm'; available: ew, uw"),
-    (["--set", "benchmark.name=imagenet"], "unknown benchmark 'imagenet'; available: nyud, pascal, scenes, taskonomy"),
+    (["--set", "benchmark.name=imagenet"], "unknown benchmark 'imagenet'; available: nyud, "),
     (["--set", "train.iteratons=3"], "did you mean 'iterations'"),
     (["--set", "method.betaa=0.3", "--method", "dbmtl"], "unknown option(s) ['betaa'] for method 'dbmtl'"),
     (["--set", "benchmark.colour=1"], "benchmark 'scenes' does not take colour"),
@@ -93,12 +131,24 @@ def test_missing_dataset_root_names_the_path(tmp_path):
 def test_sweep_trains_st_and_each_method_with_and_without_dtme(tmp_path, tiny_sets):
     sets = _sets(tiny_sets + ["train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2",
                               "tasks=[depth,edge]", "dtme.num_batches=1", "dtme.expand_at=0.5"])
-    result = invoke("sweep", "demo", "--out", tmp_path, "--methods", "ew,dbmtl", "--dtme", "both", *sets)
+    result = invoke("sweep", "demo", "--out", tmp_path, "--methods", "ew,dbmtl", "--dtme", *sets)
     assert result.exit_code == 0, result.output
     runs = sorted(p.parent.name for p in tmp_path.glob("*/results.json"))
-    assert runs == ["dbmtl-dtme-s0", "dbmtl-s0", "ew-dtme-s0", "ew-s0", "st-depth-s0", "st-edge-s0"]
+    assert runs == ["dbmtl-dtme-s0", "dbmtl-s0", "ew-dtme-control-s0", "ew-dtme-s0", "ew-s0", "st-depth-s0",
+                    "st-edge-s0"]
+    control = json.loads((tmp_path / "ew-dtme-control-s0" / "results.json").read_text())
+    dtme = json.loads((tmp_path / "ew-dtme-s0" / "results.json").read_text())
+    assert control["dtme"]["tm"] == [] and control["dtme"]["te"] == [] and control["params"]["added_by_dtme"] == 0
+    assert control["iterations"] == dtme["iterations"] and dtme["params"]["added_by_dtme"] > 0
     table = (tmp_path / "comparison.md").read_text()
     for label in ("| ST |", "| EW |", "| DBMTL |", "| EW + TM+TE |", "| DBMTL + TM+TE |"):
         assert label in table, label
     bad = runner.invoke(app, ["sweep", "demo", "--out", str(tmp_path / "x"), "--methods", "ew,adam"])
     assert bad.exit_code == 2 and "unknown method(s) ['adam']" in bad.output
+
+
+def test_pretrain_command_calls_tokenmtl_pretrain():
+    result = runner.invoke(app, ["pretrain", "--help"])
+    assert result.exit_code == 0 and "--out" in result.output
+    bad = runner.invoke(app, ["pretrain", "no_such_config"])
+    assert bad.exit_code == 2 and "config file not found" in bad.output

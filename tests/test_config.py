@@ -68,3 +68,41 @@ def test_benchmark_and_method_sections_are_open():
     cfg = load_config("demo", overrides=["method.beta=0.5", "benchmark.train_size=64"])
     assert cfg["method"]["beta"] == 0.5
     assert cfg["benchmark"]["train_size"] == 64
+
+
+def test_sections_are_typed_objects_and_mappings():
+    from collections.abc import Mapping
+
+    cfg = load_config("demo", overrides=["train.lr=1", "dtme.lr_mult=5"])
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # an int where a float is declared
+    assert isinstance(cfg.dtme.lr_mult, float) and cfg["dtme"]["lr_mult"] == 5.0
+    assert isinstance(cfg.model, Mapping) and cfg.model.get("patch_size") == 8 and "backbone" in dict(cfg.model)
+    assert dict(cfg.benchmark)["scene"] == {"depth_scale": 10.0}  # open section: extra keys kept
+    cfg["train"]["seed"] = 7
+    assert cfg.train.seed == 7
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.sede'.*did you mean 'seed'"):
+        cfg["train"]["sede"] = 1
+    assert load_config(cfg.to_dict()) == cfg  # a stored config loads back to the same settings
+
+
+def test_declared_keys_for_hf_models_precision_and_compile():
+    cfg = load_config()
+    assert (cfg.model.family, cfg.model.name, cfg.model.tokenizer, cfg.model.pooling, cfg.model.max_length) == \
+        ("timm", None, None, "mean", 128)
+    assert cfg.model.attn_implementation == "sdpa" and cfg.train.precision == "fp32" and cfg.train.compile is False
+    assert cfg.dtme.post_iterations == "remaining"  # same budget as the baseline by default
+    for assignment, message in [("model.family=jax", "model.family must be one of timm, hf"),
+                                ("train.precision=fp8", "train.precision must be one of fp32, bf16, fp16"),
+                                ("model.pooling=max", "model.pooling must be one of mean, cls"),
+                                ("model.max_length=0", "model.max_length must be > 0"),
+                                ("train.compile=maybe", "'train.compile' must be bool")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config("demo", overrides=[assignment])
+
+
+def test_every_declared_key_has_a_doc():
+    from tokenmtl.config import SECTIONS
+
+    for name, section in SECTIONS.items():
+        for key, doc in section.docs().items():
+            assert doc and doc[0].isupper(), f"{name}.{key}"

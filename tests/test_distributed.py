@@ -257,19 +257,18 @@ def _signal_worker(rank: int, port: int, cache: str, root: str) -> None:
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     from tokenmtl.engine.distributed import DistContext
 
-    original = Trainer.train_step
+    from tokenmtl.engine.callbacks import Callback
 
-    def slow_step(self, batch, step):
-        time.sleep(0.2)
-        return original(self, batch, step)
+    class Slow(Callback):
+        def on_step_start(self, step: int, run: Any) -> None:
+            time.sleep(0.2)
 
-    Trainer.train_step = slow_step
     cfg = load_config("demo", overrides=SMALL + [f"benchmark.cache_dir={cache}", f"train.batch_size={PER_RANK_BATCH}",
                                                 "train.iterations=60", "train.eval_every=1000"])
     dist = DistContext.from_env()
     record = Path(root) / f"stop-rank{rank}.json"
     try:
-        Trainer(cfg, Path(root) / "run", dist=dist).run()
+        Trainer(cfg, Path(root) / "run", dist=dist, callbacks=[Slow()]).run()
         record.write_text(json.dumps({"finished": True}))
     except TrainingInterrupted as err:
         record.write_text(json.dumps({"step": int(str(err).split("at iteration ")[1].split(";")[0])}))

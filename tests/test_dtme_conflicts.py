@@ -1,4 +1,4 @@
-"""Token-level gradient conflicts (METHOD.md 1.2), the analysis pass over a model, and the report plots."""
+"""Token-level gradient conflicts (docs/method.md, "Conflicts"), the analysis pass over a model, and the report plots."""
 import itertools
 
 import pytest
@@ -85,6 +85,64 @@ def test_opposite_and_aligned_gradients_give_rates_one_and_zero():
     assert conflict_rates(torch.zeros(2, 4, 6), space) == (0.0, 0.0)  # zero inner product: no conflict
 
 
+def planted_gradients(space, null_share, tasks=3, tokens=2000, seed=1):
+    """Task gradients with unit range parts and null parts of norm `null_share`, and their true conflicts."""
+    g = torch.Generator().manual_seed(seed)
+    coeff_r = torch.randn(tasks, tokens, space.k, generator=g, dtype=torch.float64)
+    coeff_n = torch.randn(tasks, tokens, space.dim - space.k, generator=g, dtype=torch.float64)
+    coeff_r = coeff_r / coeff_r.norm(dim=-1, keepdim=True)
+    coeff_n = null_share * coeff_n / coeff_n.norm(dim=-1, keepdim=True)
+    grads = coeff_r @ space.range_basis.T + coeff_n @ space.null_basis.T
+    i, j = torch.triu_indices(tasks, tasks, 1)
+    true_rates = tuple(float(((c[i] * c[j]).sum(-1) < 0).double().mean()) for c in (coeff_r, coeff_n))
+    return grads, coeff_r @ space.range_basis.T, true_rates
+
+
+def test_null_space_carrying_1e_4_of_the_gradient_has_its_conflicts_counted():
+    space = random_space(64, 48, seed=3)
+    grads, _, (true_range, true_null) = planted_gradients(space, null_share=1e-4)
+    assert 0.4 < true_null < 0.6
+    # float64 gradients: exactly the planted conflicts
+    assert conflict_rates(grads, space) == (true_range, true_null)
+    # float32 gradients (as autograd gives them): only cosines below the float32 resolution of a
+    # 1e-4 share (|cos| of order 1e-3) can be lost; a guard on the full norms counted none of them
+    range32, null32 = conflict_rates(grads.float(), space)
+    assert range32 == true_range
+    assert null32 == pytest.approx(true_null, abs=0.005)
+    counts = conflict_counts(grads.float(), space)
+    assert counts.null_cos_count == counts.pairs  # every null projection is above round-off
+
+
+def test_pure_range_gradient_has_no_null_conflict_from_round_off():
+    space = random_space(64, 48, seed=3)
+    _, pure_range, (true_range, _) = planted_gradients(space, null_share=1e-4)
+    projected_null = pure_range @ space.null_basis
+    assert projected_null.abs().max() > 0  # the float64 rotation leaves round-off in the null space
+    for dtype in (torch.float64, torch.float32):
+        counts = conflict_counts(pure_range.to(dtype), space)
+        assert counts.null_rate == 0.0 and counts.null_cos_count == 0
+        assert counts.range_rate == true_range
+
+
+def test_exactly_orthogonal_task_gradients_do_not_conflict():
+    space = random_space(16, 6, seed=4)
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(1, 300, 6, generator=g, dtype=torch.float64) @ space.range_basis.T
+    b = torch.randn(1, 300, 10, generator=g, dtype=torch.float64) @ space.null_basis.T
+    for dtype in (torch.float64, torch.float32):  # a lives in the range space, b in the null space
+        assert conflict_rates(torch.cat([a, b]).to(dtype), space) == (0.0, 0.0)
+
+
+def test_conflicts_are_counted_the_same_in_token_chunks(monkeypatch):
+    import tokenmtl.dtme.conflicts as conflicts
+
+    grads = torch.randn(3, 101, 8, generator=torch.Generator().manual_seed(9))
+    space = random_space(8, 3)
+    whole = conflict_counts(grads, space).values
+    monkeypatch.setattr(conflicts, "_CHUNK_VALUES", 3 * 8 * 7)  # chunks of 7 tokens
+    torch.testing.assert_close(conflict_counts(grads, space).values, whole, rtol=1e-12, atol=1e-9)
+
+
 def test_conflict_input_errors_are_clear():
     with pytest.raises(ValueError, match="at least 2 tasks"):
         conflict_rates(torch.randn(1, 3, 4), random_space(4, 2))
@@ -111,9 +169,19 @@ def loss_fn(outputs, batch):
     return {t: F.mse_loss(outputs[t], batch[t]) for t in outputs}
 
 
+def batch_statistics_copy(model):
+    """Reference of the analysis mode: a copy in eval mode whose BatchNorms use batch statistics."""
+    import copy
+
+    reference = copy.deepcopy(model).eval()
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.train()
+    return reference
+
+
 def per_task_block_input_grads(model, batch):
     """Reference: a separate forward and backward pass per task, block inputs captured by hooks."""
-    model.eval()
     grads = []
     for task in model.tasks:
         captured = []
@@ -137,6 +205,7 @@ def test_analysis_gradients_equal_separate_per_task_backward_passes(batched):
     from tokenmtl.dtme.analysis import _CaptureTrunk
 
     model, batch = tiny_model(), tiny_batches(1)[0]
+    model.eval()
     reference = per_task_block_input_grads(model, batch)
     capture = _CaptureTrunk(range(3))
     model.trunk, shared = capture, model.trunk
@@ -155,8 +224,9 @@ def test_analyze_equals_manual_covariance_split_and_brute_force_conflicts():
     report = analyze(model, batches, loss_fn, num_batches=2, r=10.0, progress=False)
     assert model.training  # mode restored
     assert all(p.grad is None for p in model.parameters())
-    # reference: dense covariance of block inputs over the first 2 batches, brute-force conflicts
-    model.eval()
+    # reference: dense covariance of block inputs over the first 2 batches, brute-force conflicts,
+    # with the heads' BatchNorms on batch statistics (the analysis mode)
+    model = batch_statistics_copy(model)
     inputs = {l: [] for l in range(3)}
     hooks = [blk.register_forward_pre_hook(lambda mod, args, l=l: inputs[l].append(args[0].detach()) and None)
              for l, blk in enumerate(model.encoder.blocks)]
@@ -189,7 +259,8 @@ def test_analyze_options_layers_prefix_and_reduce():
                      reduce=lambda t: reduced.append(t.clone()) or t.mul_(2))
     assert [lr.layer for lr in report.layers] == [1, 2]
     assert report.layer(1).pairs_counted == 2 * (2 * 4 * 16 * 3)  # prefix excluded, sums doubled by reduce
-    assert len(reduced) == 2 * 2 + 2  # covariance sum and count per layer, then counts per layer
+    # batch-count agreement (2), covariance sum and count per layer, then counts per layer
+    assert len(reduced) == 2 + 2 * 2 + 2
     with pytest.raises(ValueError, match="block indices in 0..2"):
         analyze(model, batches, loss_fn, layers=[3], progress=False)
     with pytest.raises(TypeError, match="re-iterable"):

@@ -1,4 +1,4 @@
-"""Plans (METHOD.md 1.3) and expansion with Token Modulation / Token Expansion / split layers (1.4)."""
+"""Plans (DTME-MTL paper, layer selection) and expansion with Token Modulation / Token Expansion, and Recon's split layers."""
 import json
 import runpy
 from pathlib import Path
@@ -10,6 +10,7 @@ import torch
 from tokenmtl.dtme import (ConflictReport, ExpandedTrunk, LayerReport, Plan, added_parameters,
                            count_added_parameters, expand, make_plan, plan_of)
 from tokenmtl.models import DenseHead, MultiTaskModel, TimmViTAdapter
+from tokenmtl.recon import split_layers
 
 TASKS = {"seg": 3, "depth": 1, "normals": 2}
 D = 16
@@ -49,13 +50,15 @@ REPORT = hand_report([0.1, 0.5, 0.3, 0.6, 0.2, 0.4], [0.6, 0.1, 0.5, 0.2, 0.4, 0
 def test_strategies_pick_the_right_layers(strategy, tm, te):
     p = make_plan(REPORT, ratio=0.5, strategy=strategy)
     assert (p.tm, p.te) == (tm, te)
-    assert p.tasks == ["a", "b"] and p.strategy == strategy and p.split == []
+    assert p.tasks == ["a", "b"] and p.strategy == strategy and not hasattr(p, "split")
 
 
 def test_ratio_rounds_half_up_and_modes_keep_one_kind():
     assert make_plan(REPORT, ratio=0.25).tm == [1, 3]          # round(1.5) = 2
     assert make_plan(REPORT, ratio=1 / 6).tm == [3]
     assert make_plan(REPORT, ratio=0.0).is_empty
+    control = make_plan(REPORT, mode="none")  # the empty-plan control run
+    assert control.tm == [] and control.te == [] and control.is_empty
     only_tm = make_plan(REPORT, mode="tm")
     assert only_tm.tm == [1, 3, 5] and only_tm.te == []
     assert make_plan(REPORT, mode="te").tm == []
@@ -84,7 +87,7 @@ def test_plan_json_round_trip(tmp_path):
     p = make_plan(REPORT, strategy="swap", num_tokens=4, modulator="batchnorm")
     p.save(tmp_path / "plan.json")
     data = json.loads((tmp_path / "plan.json").read_text())
-    assert {"tm", "te", "num_tokens", "modulator", "tasks", "strategy", "ratio", "split"} <= set(data)
+    assert {"tm", "te", "num_tokens", "modulator", "tasks", "strategy", "ratio"} <= set(data)
     assert Plan.load(tmp_path / "plan.json") == p
 
 
@@ -177,7 +180,8 @@ def test_split_linear_copies_start_equal_and_diverge_per_task():
     model, x = tiny_model(), images()
     base = model(x)
     shared_weight = model.encoder.blocks[2].mlp.fc2.weight.detach().clone()
-    expand(model, plan(split=["2.mlp.fc2"]))
+    split_layers(model, ["2.mlp.fc2"])
+    assert plan_of(model) is None  # a Recon edit alone carries no DTME plan
     split = model.trunk.split["2__mlp__fc2"]
     assert all(torch.equal(split.weight[t], shared_weight) for t in TASKS)
     assert not any(n.startswith("encoder.vit.blocks.2.mlp.fc2") for n, _ in model.named_parameters())
@@ -194,14 +198,17 @@ def test_split_linear_copies_start_equal_and_diverge_per_task():
 
 def test_checkpoint_round_trip_of_an_expanded_model(tmp_path):
     model, x = tiny_model(seed=0), images()
-    expand(model, plan(tm=[1, 3], te=[0, 2], split=["3.attn.proj"]))
+    expand(model, plan(tm=[1, 3], te=[0, 2]))
+    split_layers(model, ["3.attn.proj"])
     with torch.no_grad():
         for p in added_parameters(model):
             p.add_(0.1 * torch.randn_like(p))
-    torch.save({"model": model.state_dict(), "dtme_plan": plan_of(model).to_dict()}, tmp_path / "ckpt.pt")
+    torch.save({"model": model.state_dict(), "dtme_plan": plan_of(model).to_dict(), "split": ["3.attn.proj"]},
+               tmp_path / "ckpt.pt")
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     fresh = tiny_model(seed=1)
     expand(fresh, Plan.from_dict(json.loads(json.dumps(ckpt["dtme_plan"]))))
+    split_layers(fresh, ckpt["split"])
     fresh.load_state_dict(ckpt["model"])
     out, again = model(x), fresh(x)
     assert all(torch.equal(out[t], again[t]) for t in TASKS)
@@ -214,9 +221,11 @@ def test_expand_rejects_bad_plans_and_double_expansion():
     with pytest.raises(ValueError, match="plan is for tasks"):
         expand(model, Plan(tasks=["seg", "depth"], tm=[1]))
     with pytest.raises(ValueError, match="must be an nn.Linear"):
-        expand(model, plan(split=["1.mlp"]))
+        split_layers(model, ["1.mlp"])
     with pytest.raises(ValueError, match="does not exist"):
-        expand(model, plan(split=["1.mlp.fc9"]))
+        split_layers(model, ["1.mlp.fc9"])
+    with pytest.raises(ValueError, match="unknown plan keys"):
+        Plan.from_dict({"tasks": list(TASKS), "split": ["1.mlp.fc1"]})  # Recon's layers are not a DTME plan field
     expand(model, plan(tm=[1]))
     with pytest.raises(ValueError, match="already expanded"):
         expand(model, plan(tm=[1]))

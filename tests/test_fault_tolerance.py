@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from conftest import TINY_SETS
 from tokenmtl.cli import app
 from tokenmtl.config import load_config
+from tokenmtl.engine.callbacks import Callback
 from tokenmtl.engine.checkpoint import latest_good_checkpoint, load_checkpoint, read_manifest
 from tokenmtl.engine.trainer import Trainer
 
@@ -32,19 +33,27 @@ SRC = Path(__file__).parents[1] / "src"
 RUN = ["train.iterations=9", "train.checkpoint_every=3", "train.eval_every=9", "train.keep_checkpoints=2",
        "benchmark.train_size=24", "benchmark.val_size=8", "benchmark.test_size=8", "eval.batch_size=8"]
 
-# `python -c` harness: the CLI with every training step slowed by TOKENMTL_TEST_STEP_DELAY seconds.
+# `python -c` harness: `tokenmtl train` as the CLI runs it (errors and signals reported the same way),
+# with a callback that slows every training step by TOKENMTL_TEST_STEP_DELAY seconds.
 SLOW_CLI = """
 import os, sys, time
+from tokenmtl.cli import run_guarded
+from tokenmtl.config import load_config
+from tokenmtl.engine.callbacks import Callback
 from tokenmtl.engine.trainer import Trainer
-delay = float(os.environ["TOKENMTL_TEST_STEP_DELAY"])
-original = Trainer.train_step
-def slow_step(self, batch, step):
-    time.sleep(delay)
-    return original(self, batch, step)
-Trainer.train_step = slow_step
-from tokenmtl.cli import main
-sys.argv = ["tokenmtl", *sys.argv[1:]]
-main()
+
+class Slow(Callback):
+    def on_step_start(self, step, run):
+        time.sleep(float(os.environ["TOKENMTL_TEST_STEP_DELAY"]))
+
+out, sets = sys.argv[1], sys.argv[2:]
+cfg = load_config("demo", overrides=sets + ["log.progress=false"])
+try:
+    run_guarded(lambda: Trainer(cfg, out, callbacks=[Slow()]).run())
+except SystemExit:
+    raise
+except Exception as stop:  # typer.Exit: the exit code the command line would give
+    sys.exit(getattr(stop, "exit_code", 1))
 """
 
 
@@ -69,9 +78,7 @@ def _train(sets: list[str], out: Path, resume: bool = False) -> dict[str, Any]:
 
 
 def _start(sets: list[str], out: Path, delay: float = 0.15) -> subprocess.Popen:
-    command = [sys.executable, "-c", SLOW_CLI, "train", "demo", "--out", str(out), "--no-progress"]
-    for item in sets:
-        command += ["--set", item]
+    command = [sys.executable, "-c", SLOW_CLI, str(out), *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC), "TOKENMTL_TEST_STEP_DELAY": str(delay)}
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -181,29 +188,29 @@ def test_checkpoint_carries_optimizer_balancer_rng_step_and_dtme_plan(tmp_path, 
     extra = state["balancer"]["_extra_state"]
     assert extra["step"] == 3 and extra["buffer"].shape[0] == 4  # DB-MTL's EMA buffers, one row per task
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
-    plan = state["dtme_plan"]
+    plan = state["edits"]["dtme"]
     assert plan is not None and (plan["tm"] or plan["te"])
     assert plan == json.loads((tmp_path / "run" / "plan.json").read_text())
 
 
-def test_resume_after_dtme_expansion_rebuilds_the_expanded_model(tmp_path, tiny_sets, monkeypatch):
+class CrashAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_start(self, step: int, run: Any) -> None:
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_dtme_expansion_rebuilds_the_expanded_model(tmp_path, tiny_sets):
     sets = _sets(tiny_sets, ["method.name=dbmtl", "dtme.enabled=true", "dtme.expand_at=0.5", "dtme.num_batches=1",
-                             "train.iterations=4", "dtme.num_tokens=2"])
+                             "train.iterations=4", "dtme.num_tokens=2", "dtme.post_iterations=full"])
     cfg = load_config("demo", overrides=sets)
     with one_thread():
         full = Trainer(cfg, tmp_path / "full")
         full_results = full.run()
-        original = Trainer.train_step
-
-        def crash_at_4(self, batch, step):
-            if step == 4:
-                raise KeyboardInterrupt  # a crash after the step-3 checkpoint, i.e. after expansion
-            return original(self, batch, step)
-
-        monkeypatch.setattr(Trainer, "train_step", crash_at_4)
-        with pytest.raises(KeyboardInterrupt):
-            Trainer(cfg, tmp_path / "cut").run()
-        monkeypatch.setattr(Trainer, "train_step", original)
+        with pytest.raises(KeyboardInterrupt):  # a crash after the step-3 checkpoint, i.e. after expansion
+            Trainer(cfg, tmp_path / "cut", callbacks=[CrashAt(4)]).run()
         resumed = Trainer(cfg, tmp_path / "cut", resume=True)
         assert resumed.plan is None  # built unexpanded; the checkpoint's plan expands it on resume
         resumed_results = resumed.run()

@@ -264,7 +264,7 @@ def _tiny_model(tiny_sets: list[str]):
     pytest.param({"tm": [0, 0]}, "distinct indices >= 0", id="layer-twice"),
     pytest.param({"tm": [0], "tasks": ["semseg", "sky"]}, "the plan is for tasks", id="other-tasks"),
     pytest.param({"tm": [0], "bogus": 1}, "unknown plan keys", id="unknown-key"),
-    pytest.param({"tm": [0], "split": ["9.mlp.fc2"]}, "does not exist under encoder.blocks", id="split-missing"),
+    pytest.param({"tm": [0], "split": ["9.mlp.fc2"]}, "unknown plan keys", id="split-is-not-a-plan-key"),
 ])
 def test_dtme_plan_that_does_not_fit_the_model_is_rejected(tiny_sets, plan, fragment):
     from tokenmtl.dtme import Plan, expand
@@ -273,6 +273,13 @@ def test_dtme_plan_that_does_not_fit_the_model_is_rejected(tiny_sets, plan, frag
     data = {"tasks": list(model.tasks), "num_tokens": 2, **plan}
     with pytest.raises(ValueError, match=fragment):
         expand(model, Plan.from_dict(data))
+
+
+def test_recon_split_of_a_missing_layer_is_rejected(tiny_sets):
+    from tokenmtl.recon import split_layers
+
+    with pytest.raises(ValueError, match="does not exist under encoder.blocks"):
+        split_layers(_tiny_model(tiny_sets), ["9.mlp.fc2"])
 
 
 def test_checkpoint_with_a_plan_that_does_not_fit_fails_evaluate_with_a_clear_message(tmp_path, tiny_sets,
@@ -301,22 +308,17 @@ def test_non_finite_tokens_are_rejected_by_the_token_covariance(value):
 
 
 @pytest.mark.parametrize("method", ["ew", "pcgrad", "dbmtl"])
-def test_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(tmp_path, tiny_sets, monkeypatch, method):
-    from tokenmtl.engine import trainer as trainer_mod
+def test_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(tmp_path, tiny_sets, method):
+    from tokenmtl.engine.callbacks import Callback
 
-    real, calls = trainer_mod.task_losses, {"n": 0}
+    class InfiniteNormalsWeight(Callback):  # from iteration 4 on, the normals loss is multiplied by inf
+        def on_step_start(self, step, run):
+            if step == 4:
+                run.loss_weights["normals"] = float("inf")
 
-    def poisoned(outputs, batch, specs, weights):
-        losses = real(outputs, batch, specs, weights)
-        calls["n"] += 1
-        if calls["n"] == 5:  # iteration 4 (no evaluation forward passes call task_losses)
-            losses["normals"] = losses["normals"] * float("inf")
-        return losses
-
-    monkeypatch.setattr(trainer_mod, "task_losses", poisoned)
     cfg = load_config("demo", overrides=tiny_sets + ["train.iterations=6", f"method.name={method}"])
     with pytest.raises(TrainingError, match=r"loss of task 'normals' became inf at iteration 4"):
-        Trainer(cfg, tmp_path / "run").run()
+        Trainer(cfg, tmp_path / "run", callbacks=[InfiniteNormalsWeight()]).run()
     entries = read_manifest(tmp_path / "run" / "checkpoints")
     assert [e["step"] for e in entries] == [3]
     assert not (tmp_path / "run" / "results.json").exists()

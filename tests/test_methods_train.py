@@ -5,7 +5,16 @@ import pytest
 
 from tokenmtl import balancing
 from tokenmtl.config import load_config
+from tokenmtl.engine.callbacks import Callback
 from tokenmtl.engine.trainer import Trainer
+
+
+class RecordLosses(Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_step_end(self, event, run, driver):
+        self.losses.append(event.losses)
 
 
 @pytest.mark.parametrize("method", balancing.available())
@@ -14,17 +23,10 @@ def test_every_method_trains_a_few_steps_with_finite_losses(tmp_path, tiny_sets,
                         "train.checkpoint_every=4"]
     if method == "recon":
         sets += ["method.window=2", "method.top_k=2"]
-    trainer = Trainer(load_config("demo", overrides=sets), tmp_path / method)
-    losses = []
-    original = trainer.train_step
-
-    def recording(batch, step):
-        values = original(batch, step)
-        losses.append(values)
-        return values
-
-    trainer.train_step = recording
+    recorder = RecordLosses()
+    trainer = Trainer(load_config("demo", overrides=sets), tmp_path / method, callbacks=[recorder])
     results = trainer.run()
+    losses = recorder.losses
     assert len(losses) == 4
     assert all(math.isfinite(v) for step in losses for v in step.values())
     assert all(math.isfinite(v) for metrics in results["tasks"].values() for v in metrics.values())

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from tokenmtl import balancing
-from tokenmtl.balancing.recon import layer_conflict_counts
 from tokenmtl.config import load_config
+from tokenmtl.engine.edits import build_edits
 from tokenmtl.engine.trainer import Trainer, TrainingError
+from tokenmtl.recon import Recon, layer_conflict_counts
 
 
 def brute_force_counts(grads, spans, threshold):
@@ -64,10 +65,33 @@ def test_recon_branches_the_top_layers_inside_a_run(tmp_path, tiny_sets):
     sizes = [sum(p.numel() for p in fresh[name].parameters()) for name in scores["split"]]
     assert results["params"]["added_by_recon"] == 3 * sum(sizes)
     assert results["params"]["added_by_dtme"] == 0 and results["dtme"] is None
+    assert trainer.plan is None  # Recon alone carries no DTME plan
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    in_model = {id(p) for p in trainer.model.parameters()}  # the replaced shared Linears left the optimizer
+    assert all(id(p) in in_model for g in trainer.optimizer.param_groups for p in g["params"])
+    assert {id(p) for p in groups["recon"]["params"]} == {id(p) for p in trainer.model.trunk.split.parameters()}
 
 
 def test_recon_window_must_fit_the_run():
+    cfg = load_config("demo", overrides=["method.name=recon", "method.window=5000"])
     with pytest.raises(TrainingError, match="method.window"):
-        from tokenmtl.engine.trainer import Schedule
+        build_edits(cfg, balancing.create("recon", 4, window=5000))
 
-        Schedule.from_config(load_config("demo", overrides=["method.name=recon", "method.window=5000"]))
+
+def test_recon_is_still_a_balancing_method_by_name():
+    """`--method recon` and `balancing.create("recon")` keep working; the class lives in tokenmtl.recon."""
+    assert type(balancing.create("recon", 3)) is Recon and "recon" in balancing.available()
+    assert Recon.__module__ == "tokenmtl.recon.balancer"
+
+
+def test_recon_with_dtme_branches_at_the_expansion_step(tmp_path, tiny_sets):
+    cfg = load_config("demo", overrides=tiny_sets + ["method.name=recon", "method.top_k=1", "dtme.enabled=true",
+                                                      "dtme.expand_at=0.5", "dtme.num_batches=1"])
+    trainer = Trainer(cfg, tmp_path / "both")
+    results = trainer.run()
+    assert results["recon"]["split_step"] == 3 and results["dtme"]["expand_step"] == 3
+    assert len(results["recon"]["split"]) == 1 and results["params"]["added_by_dtme"] > 0
+    assert trainer.plan is not None and len(trainer.model.trunk.split) == 1
+    zero = load_config("demo", overrides=tiny_sets + ["method.name=recon", "dtme.enabled=true", "dtme.expand_at=0"])
+    with pytest.raises(TrainingError, match="dtme.expand_at > 0"):
+        Trainer(zero, tmp_path / "zero")

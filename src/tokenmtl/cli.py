@@ -13,6 +13,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Multi-task learning on transformers: DTME-MTL, DB-MTL and baselines.")
 data_app = typer.Typer(no_args_is_help=True, help="Look at a benchmark's data.")
 app.add_typer(data_app, name="data")
+config_app = typer.Typer(no_args_is_help=True, help="Look at configs.")
+app.add_typer(config_app, name="config")
 
 DEMO_CONFIG = "demo"
 
@@ -20,7 +22,7 @@ DEMO_CONFIG = "demo"
 def _user_errors() -> tuple[type[BaseException], ...]:
     from tokenmtl.config import ConfigError
     from tokenmtl.engine.checkpoint import CheckpointError
-    from tokenmtl.engine.trainer import TrainingError
+    from tokenmtl.engine.errors import TrainingError
 
     errors: list[type[BaseException]] = [ConfigError, CheckpointError, TrainingError, ValueError, KeyError,
                                          FileNotFoundError, PermissionError, ImportError]
@@ -33,9 +35,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _guard(fn: Callable[[], Any]) -> Any:
+def run_guarded(fn: Callable[[], Any]) -> Any:
     """Run a command; a user mistake prints one clear line (TOKENMTL_DEBUG=1 shows the traceback)."""
-    from tokenmtl.engine.trainer import TrainingInterrupted
+    from tokenmtl.engine.errors import TrainingInterrupted
 
     try:
         return fn()
@@ -52,7 +54,7 @@ def _guard(fn: Callable[[], Any]) -> Any:
 
 def _build_config(config: str, sets: list[str], tasks: Optional[str], method: Optional[str],
                   dtme: Optional[bool], data_root: Optional[str], seed: Optional[int],
-                  pretrained: Optional[bool] = None, weights: Optional[str] = None) -> dict[str, Any]:
+                  pretrained: Optional[bool] = None, weights: Optional[str] = None) -> Any:
     from tokenmtl.config import load_config
 
     extra: dict[str, Any] = {}
@@ -70,8 +72,6 @@ def _build_config(config: str, sets: list[str], tasks: Optional[str], method: Op
         extra["model"] = {**({"pretrained": pretrained} if pretrained is not None else {}),
                           **({"weights": weights} if weights else {})}
     cfg = load_config(config, overrides=sets, extra=extra)
-    if method:  # --method replaces the method section, options included
-        cfg["method"] = {"name": method, **{k: v for k, v in cfg["method"].items() if k != "name"}}
     return cfg
 
 
@@ -100,6 +100,7 @@ def train(
         from tokenmtl.engine.distributed import DistContext
         from tokenmtl.engine.trainer import Trainer
 
+        _check_out_folder(out)
         cfg = _build_config(config, sets, tasks, method, dtme, data_root, seed, pretrained, weights)
         dist = DistContext.from_env()
         try:
@@ -109,7 +110,7 @@ def train(
         if dist.is_main:
             _print_results(results, out)
 
-    _guard(run)
+    run_guarded(run)
 
 
 def _print_results(results: dict[str, Any], out: Path) -> None:
@@ -118,94 +119,77 @@ def _print_results(results: dict[str, Any], out: Path) -> None:
         typer.echo(f"  {task:>12}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
 
+def _check_out_folder(out: Path) -> None:
+    """--out must be a folder (or not exist yet)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is an existing file; give a folder for the run's files")
+
+
+def _target_overrides(sets: list[str], data_root: Optional[str]) -> list[str]:
+    return list(sets) + ([f"benchmark.root={data_root}"] if data_root else [])
+
+
+TargetArg = typer.Argument(..., help="A run folder (its newest good checkpoint and stored config), "
+                                     "or a config file / packaged config name with --checkpoint.")
+
+
 @app.command()
 def evaluate(
-    config: str = typer.Argument(...), checkpoint: Path = typer.Option(..., "--checkpoint"),
+    target: str = TargetArg, checkpoint: Optional[Path] = typer.Option(None, "--checkpoint"),
     out: Path = typer.Option(..., "--out"), split: str = typer.Option("test", "--split"),
     sets: list[str] = SetOpt, data_root: Optional[str] = DataRootOpt,
 ) -> None:
-    """Evaluate a checkpoint on a split; writes DIR/results.json."""
+    """Evaluate a checkpoint on a split (never builds the training split); writes DIR/results.json."""
     def run() -> None:
-        from tokenmtl.engine.checkpoint import load_checkpoint
-        from tokenmtl.engine.trainer import Trainer
+        from tokenmtl.engine.commands import evaluate_checkpoint
 
-        cfg = _build_config(config, sets, None, None, None, data_root, None)
-        state = load_checkpoint(checkpoint)
-        cfg["tasks"] = state.get("tasks", cfg["tasks"])
-        trainer = Trainer(cfg, out, progress=True)
-        trainer.load_model_state(state)
-        metrics = trainer.evaluate_split(split)
-        results = trainer.results(metrics, split, {"iterations": int(state["step"])})
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+        if checkpoint is None and not Path(target).is_dir():
+            raise ValueError(f"{target!r} is not a run folder: give one, or a config and --checkpoint PATH")
+        _check_out_folder(out)
+        results = evaluate_checkpoint(target, checkpoint, split=split, out=out,
+                                      overrides=_target_overrides(sets, data_root), progress=True)
         _print_results(results, out)
 
-    _guard(run)
+    run_guarded(run)
 
 
 @app.command()
 def analyze(
-    config: str = typer.Argument(...), checkpoint: Optional[Path] = typer.Option(None, "--checkpoint"),
+    target: str = TargetArg, checkpoint: Optional[Path] = typer.Option(None, "--checkpoint"),
     out: Path = typer.Option(..., "--out"), sets: list[str] = SetOpt, data_root: Optional[str] = DataRootOpt,
     num_batches: Optional[int] = typer.Option(None, "--num-batches", help="Batches to analyse (default dtme.num_batches)."),
 ) -> None:
     """Token-space conflict report (conflicts.json + plots) and the expansion plan (plan.json)."""
     def run() -> None:
-        from tokenmtl.dtme import analyze as dtme_analyze, make_plan, plan_of
-        from tokenmtl.engine.checkpoint import load_checkpoint
-        from tokenmtl.engine.trainer import Trainer, task_losses
-        from tokenmtl.report.dtme_plots import plot_conflicts, plot_spectra
+        from tokenmtl.engine.commands import analyze_checkpoint
 
-        cfg = _build_config(config, sets, None, None, None, data_root, None)
-        trainer = Trainer(cfg, out, progress=True)
-        if checkpoint is not None:
-            state = load_checkpoint(checkpoint)
-            if state.get("tasks") != trainer.tasks:
-                raise ValueError(f"checkpoint tasks {state.get('tasks')} differ from the config's {trainer.tasks}")
-            trainer.load_model_state(state)
-        if plan_of(trainer.model) is not None:
-            raise ValueError("this checkpoint is already expanded by DTME; analyse the checkpoint from before expansion")
-        d = cfg["dtme"]
-        report = dtme_analyze(
-            trainer.model, trainer._analysis_loader(),
-            lambda o, b: task_losses(o, b, trainer.specs, trainer.loss_weights), device=trainer.device,
-            num_batches=num_batches if num_batches is not None else d["num_batches"],
-            r=float(d["r"]), energy_fraction=d["energy_fraction"], progress=True)
-        plan = make_plan(report, ratio=float(d["ratio"]), strategy=d["strategy"], seed=int(d["seed"]),
-                         mode=d["mode"], num_tokens=int(d["num_tokens"]), modulator=d["modulator"])
-        out.mkdir(parents=True, exist_ok=True)
-        report.to_json(out / "conflicts.json")
-        plan.save(out / "plan.json")
-        plot_conflicts(report, plan, out / "conflicts.png")
-        plot_spectra(report, out / "spectra.png")
+        _check_out_folder(out)
+        _, plan = analyze_checkpoint(target, checkpoint, out=out, overrides=_target_overrides(sets, data_root),
+                                     num_batches=num_batches, progress=True)
         typer.echo(f"plan: TM on layers {plan.tm}, TE on layers {plan.te} -> {out}")
 
-    _guard(run)
+    run_guarded(run)
 
 
 @app.command()
 def compare(
     runs: list[Path] = typer.Argument(..., help="Run folders (or folders of run folders)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write comparison.md/.png (default: first folder)."),
+    allow_mixed: bool = typer.Option(False, "--allow-mixed",
+                                     help="Tabulate runs of different budgets, models or benchmarks (noted)."),
 ) -> None:
     """Table of per-task metrics and delta-m of runs against the single-task runs (markdown + PNG)."""
     def run() -> None:
-        _compare(runs, out)
+        _compare(runs, out, allow_mixed)
 
-    _guard(run)
+    run_guarded(run)
 
 
-def _compare(runs: list[Path], out: Optional[Path]) -> str:
-    from tokenmtl.report.plots import plot_comparison
-    from tokenmtl.report.table import build_rows, load_runs, to_markdown
+def _compare(runs: list[Path], out: Optional[Path], allow_mixed: bool = False) -> str:
+    from tokenmtl.report.compare import compare_runs
 
-    loaded = load_runs(list(runs))
-    rows, tasks, primary = build_rows(loaded)
-    table = to_markdown(rows, tasks, primary)
     target = out or (runs[0] if runs[0].is_dir() else runs[0].parent)
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "comparison.md").write_text(table)
-    plot_comparison(rows, tasks, primary, target / "comparison.png")
+    table = compare_runs(list(runs), target, allow_mixed=allow_mixed).markdown
     typer.echo(table)
     typer.echo(f"written: {target / 'comparison.md'}, {target / 'comparison.png'}")
     return table
@@ -238,22 +222,27 @@ def data_preview(
         write_preview(benchmark, out, split=split, n=n, tasks=tasks)
         typer.echo(f"preview -> {out}")
 
-    _guard(run)
+    run_guarded(run)
 
 
 def _variant(config: str, sets: list[str], seed: int, tasks: list[str] | None = None,
-             method: str | None = None, dtme: bool | None = None) -> dict[str, Any]:
-    """A config with `--set` overrides applied, then the variant's tasks/seed/method/DTME flag on top."""
+             method: str | None = None, dtme: bool | None = None, control: bool = False) -> Any:
+    """A config with `--set` overrides applied, then the variant's tasks/seed/method/DTME flag on top.
+
+    `control`: DTME's empty-plan control (`dtme.mode=none`): the DTME schedule, no added parameters.
+    """
     from tokenmtl.config import load_config, validate
 
     cfg = load_config(config, overrides=sets)
-    cfg["train"]["seed"] = seed
+    cfg.train.seed = seed
     if tasks is not None:
-        cfg["tasks"] = list(tasks)
-    if method is not None and method != cfg["method"]["name"]:
-        cfg["method"] = {"name": method}  # another method's options do not carry over
+        cfg.tasks = list(tasks)
+    if method is not None and method != cfg.method.name:
+        cfg.method = {"name": method}  # another method's options do not carry over
     if dtme is not None:
-        cfg["dtme"]["enabled"] = dtme
+        cfg.dtme.enabled = dtme
+    if control:
+        cfg.dtme.enabled, cfg.dtme.mode = True, "none"
     validate(cfg)
     return cfg
 
@@ -296,32 +285,33 @@ def demo(
         _compare([out], out)
         typer.echo(f"demo wall time: {time.perf_counter() - start:.0f} s")
 
-    _guard(run)
+    run_guarded(run)
 
 
 @app.command()
 def sweep(
     config: str = typer.Argument(DEMO_CONFIG), out: Path = typer.Option(Path("runs/sweep"), "--out"),
     methods_: str = typer.Option("all", "--methods", help="Comma-separated methods, or 'all'."),
-    dtme_mode: str = typer.Option("both", "--dtme", help="off, on or both (each method with and without DTME)."),
+    dtme: Optional[bool] = typer.Option(None, "--dtme/--no-dtme", help="DTME-MTL as in `train`: each method also "
+                                        "with DTME, plus the empty-plan control (default: the config's dtme.enabled)."),
     seeds: int = typer.Option(1, "--seeds"), sets: list[str] = SetOpt,
     progress: bool = typer.Option(False, "--progress/--no-progress"),
 ) -> None:
-    """Train ST models and every method (with/without DTME); write the Table-3-style comparison."""
+    """Train ST models and every method (with `--dtme`: also with DTME, and the empty-plan control of the
+    first method); write the Table-3-style comparison."""
     def run() -> None:
         from tokenmtl import balancing
         from tokenmtl.config import load_config
         from tokenmtl.data.base import create_benchmark, resolve_tasks
 
-        if dtme_mode not in ("off", "on", "both"):
-            raise ValueError(f"--dtme must be off, on or both; got {dtme_mode!r}")
         names = balancing.available() if methods_ == "all" else [m.strip() for m in methods_.split(",")]
         unknown = [m for m in names if m not in balancing.available()]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(balancing.available())}")
         base = load_config(config, overrides=sets)
         tasks = resolve_tasks(create_benchmark(base["benchmark"]), base["tasks"])
-        flags = {"off": [False], "on": [True], "both": [False, True]}[dtme_mode]
+        with_dtme = base.dtme.enabled if dtme is None else dtme
+        flags = [False, True] if with_dtme else [False]
         for seed in range(seeds):
             for task in tasks:
                 typer.echo(f"[sweep] ST {task} seed {seed}")
@@ -333,9 +323,46 @@ def sweep(
                     typer.echo(f"[sweep] {tag}")
                     cfg = _variant(config, sets, seed=seed, method=name, dtme=flag)
                     _train_quiet(cfg, out / tag, progress)
+            if with_dtme:  # same schedule and analysis as a DTME run, empty plan: what expansion alone adds
+                tag = f"{names[0]}-dtme-control-s{seed}"
+                typer.echo(f"[sweep] {tag} (empty plan)")
+                _train_quiet(_variant(config, sets, seed=seed, method=names[0], control=True), out / tag, progress)
         _compare([out], out)
 
-    _guard(run)
+    run_guarded(run)
+
+
+@config_app.command("show")
+def config_show(
+    config: Optional[str] = typer.Argument(None, help="A config file or packaged config name (default: the defaults)."),
+    sets: list[str] = SetOpt,
+) -> None:
+    """Print the resolved config as YAML, each key with its documentation."""
+    def run() -> None:
+        from tokenmtl.config import annotated_yaml, load_config
+
+        typer.echo(annotated_yaml(load_config(config, overrides=sets)), nl=False)
+
+    run_guarded(run)
+
+
+@app.command()
+def pretrain(
+    config: str = typer.Argument(..., help="A pretraining config (e.g. scenes_pretrain)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Keep the pretraining run and the encoder files here."),
+    sets: list[str] = SetOpt, progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Pretrain a config's backbone once and cache its encoder weights (`tokenmtl.pretrain`)."""
+    def run() -> None:
+        from tokenmtl.config import load_config
+        from tokenmtl.pretrain import pretrain as pretrain_backbone
+
+        if out is not None:
+            _check_out_folder(out)
+        weights = pretrain_backbone(load_config(config, overrides=sets).to_dict(), out, progress=progress)
+        typer.echo(f"pretrained encoder -> {weights}")
+
+    run_guarded(run)
 
 
 def main() -> None:

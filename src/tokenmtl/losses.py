@@ -17,15 +17,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 IGNORE_INDEX = 255
+CLASS_IGNORE_INDEX = -100
+"""Ignore label of sequence-level classification targets (PyTorch's cross-entropy default)."""
 
 __all__ = [
+    "CLASS_IGNORE_INDEX",
     "IGNORE_INDEX",
     "balanced_bce_loss",
+    "classification_loss",
     "cross_entropy_loss",
     "depth_l1_loss",
     "normals_l1_loss",
     "regression_loss",
     "saliency_loss",
+    "scalar_regression_loss",
 ]
 
 
@@ -203,3 +208,54 @@ def regression_loss(
     else:
         valid = (target != ignore_value).all(dim=1, keepdim=True).expand_as(target)
     return _masked_mean(per_element, valid)
+
+
+def classification_loss(pred: Tensor, target: Tensor, ignore_index: int = CLASS_IGNORE_INDEX) -> Tensor:
+    """Cross-entropy of (B, C) logits against (B,) class ids, mean over targets != ``ignore_index``.
+
+    ``L = sum_{valid i} -log softmax(pred_i)[y_i] / max(n_valid, 1)``: a batch with no labelled
+    example gives an exact zero with a grad_fn (text tasks whose label is missing for a package).
+    """
+    if pred.dim() != 2:
+        raise ValueError(f"classification_loss: pred must be (B, C) logits, got shape {tuple(pred.shape)}")
+    labels = target.reshape(-1).long()
+    if labels.shape[0] != pred.shape[0]:
+        raise ValueError(f"classification_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
+                         "must have the same batch size (one class id per example)")
+    valid = labels != ignore_index
+    if bool(((labels < 0) | (labels >= pred.shape[1]))[valid].any()):
+        bad = labels[valid & ((labels < 0) | (labels >= pred.shape[1]))][:5].tolist()
+        raise ValueError(f"classification_loss: class ids {bad} out of range [0, {pred.shape[1]}) "
+                         f"(ignore label: {ignore_index})")
+    total = F.cross_entropy(pred, labels, ignore_index=ignore_index, reduction="sum")
+    return total / valid.sum().clamp(min=1)
+
+
+def scalar_regression_loss(pred: Tensor, target: Tensor, kind: str = "l1") -> Tensor:
+    """L1 (or MSE) between (B,) or (B, 1) predictions and (B,) targets, mean over non-NaN targets.
+
+    A NaN target is a missing value: it never contributes, and its gradient is exactly zero.
+    """
+    values = _scalar_batch(pred, "scalar_regression_loss")
+    goal = _scalar_batch(target, "scalar_regression_loss", what="target").to(values.dtype)
+    if goal.shape[0] != values.shape[0]:
+        raise ValueError(f"scalar_regression_loss: pred {tuple(pred.shape)} and target "
+                         f"{tuple(target.shape)} must have the same batch size")
+    valid = ~torch.isnan(goal)
+    diff = values - torch.where(valid, goal, torch.zeros_like(goal))  # no NaN reaches autograd
+    if kind == "l1":
+        per_example = diff.abs()
+    elif kind == "mse":
+        per_example = diff.square()
+    else:
+        raise ValueError(f"scalar_regression_loss: kind must be 'l1' or 'mse', got {kind!r}")
+    return _masked_mean(per_example, valid)
+
+
+def _scalar_batch(values: Tensor, loss_name: str, what: str = "pred") -> Tensor:
+    """(B,) from a (B,) or (B, 1) tensor; any other shape is an error naming it."""
+    if values.dim() == 2 and values.shape[1] == 1:
+        return values[:, 0]
+    if values.dim() != 1:
+        raise ValueError(f"{loss_name}: {what} must be (B,) or (B, 1), got shape {tuple(values.shape)}")
+    return values

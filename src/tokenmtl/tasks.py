@@ -16,24 +16,28 @@ from torch import Tensor
 
 from tokenmtl import losses
 from tokenmtl.metrics import (
+    ClassificationMeter,
     DepthMeter,
     EdgeMeter,
     Meter,
     NormalsMeter,
     RegressionMeter,
     SaliencyMeter,
+    ScalarRegressionMeter,
     SemsegMeter,
 )
 
 __all__ = [
     "INVPT_LOSS_WEIGHTS",
     "TaskSpec",
+    "classification_task",
     "depth_task",
     "edge_task",
     "human_parts_task",
     "normals_task",
     "regression_task",
     "saliency_task",
+    "scalar_regression_task",
     "semseg_task",
 ]
 
@@ -171,6 +175,60 @@ def regression_task(
         loss=partial(losses.regression_loss, kind=loss, ignore_value=ignore_value),
         make_meter=partial(RegressionMeter, metric=metric, ignore_value=ignore_value),
         primary_metric=metric,
+        lower_is_better=True,
+        loss_weight=loss_weight,
+    )
+
+
+CLASSIFICATION_METRICS = ("macroF1", "accuracy")
+
+
+def classification_task(
+    num_classes: int,
+    name: str,
+    primary_metric: str = "macroF1",
+    ignore_index: int = losses.CLASS_IGNORE_INDEX,
+    loss_weight: float = 1.0,
+) -> TaskSpec:
+    """One label per sequence: CE on (B, C) logits ignoring ``ignore_index``; macro-F1 and accuracy.
+
+    Macro-F1 (%) is primary by default: real label sets are skewed (a few Debian sections hold
+    most packages), and accuracy rewards predicting the big classes while macro-F1 weighs each equally.
+    """
+    if num_classes < 2:
+        raise ValueError(f"{name}: num_classes must be >= 2, got {num_classes}")
+    if primary_metric not in CLASSIFICATION_METRICS:
+        raise ValueError(f"{name}: primary_metric must be one of {CLASSIFICATION_METRICS}, "
+                         f"got {primary_metric!r}")
+    return TaskSpec(
+        name=name,
+        out_channels=num_classes,
+        loss=partial(losses.classification_loss, ignore_index=ignore_index),
+        make_meter=partial(ClassificationMeter, num_classes, ignore_index=ignore_index),
+        primary_metric=primary_metric,
+        lower_is_better=False,
+        loss_weight=loss_weight,
+    )
+
+
+def scalar_regression_task(
+    name: str, scale: float = 1.0, loss: str = "l1", loss_weight: float = 1.0
+) -> TaskSpec:
+    """One number per sequence: L1 (or MSE) on (B,) or (B, 1) predictions, NaN targets skipped.
+
+    Scored by MAE (lower is better) times ``scale``: pass the standard deviation the targets were
+    standardised with, and the MAE is reported in the original units.
+    """
+    if loss not in ("l1", "mse"):
+        raise ValueError(f"{name}: loss must be 'l1' or 'mse', got {loss!r}")
+    if not scale > 0:
+        raise ValueError(f"{name}: scale must be > 0, got {scale!r}")
+    return TaskSpec(
+        name=name,
+        out_channels=1,
+        loss=partial(losses.scalar_regression_loss, kind=loss),
+        make_meter=partial(ScalarRegressionMeter, scale=scale),
+        primary_metric="mae",
         lower_is_better=True,
         loss_weight=loss_weight,
     )

@@ -6,7 +6,8 @@
 'gradient'
 
 ``kind == "loss"``: ``weigh(losses) -> scalar`` (one backward pass); ``kind == "gradient"``:
-``aggregate(grads (T, P), losses (T,)) -> (P,)``. ``engine.grad_driver.GradDriver`` feeds either
+``aggregate(grads (T, P), losses (T,)) -> (P,)``, or ``balance(grads, losses) -> BalanceResult``
+(the update with this step's task and head weights). ``engine.grad_driver.GradDriver`` feeds either
 from a model's losses. ``recon`` (an architecture change) is registered elsewhere.
 
 What the task-specific parameters (heads) receive, following each method's authors:
@@ -34,7 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from .alignedmtl import AlignedMTL
-from .base import Balancer, GradientBalancer, GramianBalancer, LossBalancer
+from .base import BalanceResult, Balancer, GradientBalancer, GramianBalancer, LossBalancer
 from .cagrad import CAGrad
 from .dbmtl import DBMTL
 from .dwa import DWA
@@ -45,7 +46,7 @@ from .imtl import IMTL
 from .mgda import MGDA
 from .nashmtl import NashMTL
 from .pcgrad import PCGrad
-from .recon import Recon
+from tokenmtl.recon.balancer import Recon  # an architecture change; registered here so --method recon works
 from .uw import UW
 
 METHODS: dict[str, type[Balancer]] = {
@@ -84,6 +85,7 @@ def describe() -> dict[str, dict[str, Any]]:
 __all__ = [
     "METHODS",
     "AlignedMTL",
+    "BalanceResult",
     "Balancer",
     "CAGrad",
     "DBMTL",

@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import GradientBalancer, gramian
+from .base import BalanceResult, GradientBalancer, gramian
 
 SCALE_MODES = ("min", "median", "rmse")
 
@@ -58,7 +58,7 @@ class AlignedMTL(GradientBalancer):
             raise ValueError(f"alignedmtl scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
         self.scale_mode = scale_mode
 
-    def _aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
+    def _balance(self, grads: Tensor, losses: Tensor) -> BalanceResult:
         b = balance_transformation(gramian(grads).cpu(), self.scale_mode, torch.finfo(grads.dtype).eps)
-        self.weights = b.sum(dim=0).to(device=grads.device, dtype=grads.dtype)
-        return self.weights @ grads
+        weights = b.sum(dim=0).to(device=grads.device, dtype=grads.dtype)
+        return BalanceResult(weights @ grads, weights)

@@ -6,15 +6,36 @@ state (EMA buffers, learnable log-variances, Nash weights) moves with ``.to(devi
 in ``state_dict()``. ``balancer.parameters()`` are the parameters the *main* optimiser must train
 (UW's log-variances, IMTL-L's loss scales); methods that own an inner optimiser (FAMO) keep their
 variables in buffers instead.
+
+Gradient methods return an explicit :class:`BalanceResult` from ``balance(grads, losses)``: the
+update, the per-task weights of this step and the weights for the task-specific (head)
+gradients. ``aggregate(grads, losses)`` (the documented public contract) returns its ``update``.
+The ``weights`` / ``head_weights`` attributes still hold the last step's values, for users who
+read them; ``engine.grad_driver`` only uses the returned result.
 """
 
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class BalanceResult:
+    """What a gradient method computed from one (T, P) gradient matrix.
+
+    ``update``: the (P,) update of the shared parameters. ``task_weights``: the (T,) per-task
+    coefficients of this step (meaning documented per method; None when the method has none, e.g.
+    GradDrop). ``head_weights``: (T,) factors for the task-specific gradients, None for 1.
+    """
+
+    update: Tensor
+    task_weights: Tensor | None = None
+    head_weights: Tensor | None = None
 
 
 def check_matrix(grads: Tensor, num_tasks: int) -> None:
@@ -107,19 +128,33 @@ class GradientBalancer(Balancer, ABC):
         """Losses whose gradients the method combines (identity; DB-MTL: log)."""
         return losses
 
-    def aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
-        """The (P,) update of the shared parameters from the (T, P) gradients and (T,) losses.
+    def balance(self, grads: Tensor, losses: Tensor) -> BalanceResult:
+        """The update of the shared parameters and this step's weights, from the (T, P) gradients
+        and (T,) losses.
 
         ``losses`` are the raw (untransformed) loss values; the gradients are those of
-        ``task_loss_transform(losses)``.
+        ``task_loss_transform(losses)``. Also stores the weights in ``weights``/``head_weights``.
         """
         check_matrix(grads, self.num_tasks)
         check_losses(losses, self.num_tasks)
-        return self._aggregate(grads, losses.detach())
+        result = self._balance(grads, losses.detach())
+        self.weights, self.head_weights = result.task_weights, result.head_weights
+        return result
+
+    def aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
+        """The (P,) update of the shared parameters: ``balance(grads, losses).update``."""
+        return self.balance(grads, losses).update
 
     @abstractmethod
-    def _aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
-        """The method's update from validated (T, P) gradients and detached (T,) losses."""
+    def _balance(self, grads: Tensor, losses: Tensor) -> BalanceResult:
+        """The method's result from validated (T, P) gradients and detached (T,) losses."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A method written against the older hook ``_aggregate(grads, losses) -> update`` (which
+        sets ``weights``/``head_weights`` itself) gets a ``_balance`` that wraps it."""
+        super().__init_subclass__(**kwargs)
+        if "_aggregate" in cls.__dict__ and "_balance" not in cls.__dict__:
+            cls._balance = _balance_via_aggregate  # type: ignore[method-assign]
 
     def shortcut_weights(self) -> Tensor | None:
         """Weights known before the gradients, or None (the default).
@@ -130,20 +165,24 @@ class GradientBalancer(Balancer, ABC):
         """
         return None
 
-    def finish_shortcut(self, combined: Tensor) -> Tensor:
-        """Advance the state after a shortcut step and return the final update."""
+    def finish_shortcut(self, combined: Tensor) -> BalanceResult:
+        """Advance the state after a shortcut step; the final update and the weights used."""
         raise RuntimeError(f"{self.name} has no shortcut step")
+
+
+def _balance_via_aggregate(self: GradientBalancer, grads: Tensor, losses: Tensor) -> BalanceResult:
+    """``_balance`` of a method that implements ``_aggregate`` and sets its weight attributes."""
+    update = self._aggregate(grads, losses)  # type: ignore[attr-defined]
+    return BalanceResult(update, self.weights, self.head_weights if self.weight_heads else None)
 
 
 class GramianBalancer(GradientBalancer):
     """A gradient method whose update is ``w @ grads`` with weights w from the T x T Gramian."""
 
-    def _aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
-        weights = self.weights_from_gramian(gramian(grads), losses.double())
-        self.weights = weights.to(grads.dtype)
-        if self.weight_heads:
-            self.head_weights = self.weights
-        return self.weights.to(grads.device) @ grads
+    def _balance(self, grads: Tensor, losses: Tensor) -> BalanceResult:
+        weights = self.weights_from_gramian(gramian(grads), losses.double()).to(grads.dtype)
+        update = weights.to(grads.device) @ grads
+        return BalanceResult(update, weights, weights if self.weight_heads else None)
 
     @abstractmethod
     def weights_from_gramian(self, gram: Tensor, losses: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .base import GradientBalancer
+from .base import BalanceResult, GradientBalancer
 
 _EPS = 1e-8
 
@@ -41,7 +41,7 @@ class DBMTL(GradientBalancer):
     def task_loss_transform(self, losses: Tensor) -> Tensor:
         return torch.log(losses + _EPS)
 
-    def _aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
+    def _balance(self, grads: Tensor, losses: Tensor) -> BalanceResult:
         self.step += 1
         if self.buffer is None or self.buffer.shape != grads.shape:  # first step, or new shapes
             self.buffer = torch.zeros_like(grads)
@@ -49,8 +49,8 @@ class DBMTL(GradientBalancer):
         factor = self.beta / self.step**self.sigma
         self.buffer.sub_(grads).mul_(factor).add_(grads)  # g + factor (m - g), in place
         norms = torch.linalg.vector_norm(self.buffer, dim=1)
-        self.weights = norms.max() / (norms + _EPS)
-        return self.weights @ self.buffer
+        weights = norms.max() / (norms + _EPS)
+        return BalanceResult(weights @ self.buffer, weights)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"step": self.step, "buffer": None if self.buffer is None else self.buffer.clone()}

@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import LossBalancer, check_losses, check_matrix
+from .base import BalanceResult, LossBalancer, check_losses, check_matrix
 
 
 class EW(LossBalancer):
@@ -30,8 +30,13 @@ class EW(LossBalancer):
         check_losses(losses, self.num_tasks)
         return losses.sum()
 
-    def aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
-        """``sum_t g_t``: the update a single backward of ``weigh`` gives the shared parameters."""
+    def balance(self, grads: Tensor, losses: Tensor) -> BalanceResult:
+        """``sum_t g_t`` (weights 1): what a single backward of ``weigh`` gives the shared
+        parameters, as a gradient method's result."""
         check_matrix(grads, self.num_tasks)
         check_losses(losses, self.num_tasks)
-        return grads.sum(dim=0)
+        return BalanceResult(grads.sum(dim=0), torch.ones(self.num_tasks, dtype=grads.dtype))
+
+    def aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
+        """``sum_t g_t``: the update a single backward of ``weigh`` gives the shared parameters."""
+        return self.balance(grads, losses).update

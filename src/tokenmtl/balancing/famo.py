@@ -7,8 +7,11 @@ weights summing to 1). After the optimiser step the same batch is re-evaluated (
 logits take one Adam step (lr ``w_lr``, L2 weight decay ``gamma``) along
 ``J_softmax(w)^T delta`` with ``delta_t = log D_t(old) - log D_t(new)``.
 
-Defaults are the official ones: ``w_lr=0.025``, ``gamma=0.01``, shared-gradient clipping to
-``max_norm=1.0``. LibMTL's port differs: ``gamma=1e-3`` and no clipping (``max_norm=0``).
+Defaults: the official ``w_lr=0.025`` and ``gamma=0.01``, and no gradient clipping
+(``max_norm=0``). The official training script calls ``clip_grad_norm_(max_norm=1.0)`` before
+``backward()``, when the gradients it clips are still zero, so its clip never acts; LibMTL's port
+has none. ``max_norm > 0`` clips the shared gradient to that norm after the backward pass (an
+option, not the method). LibMTL also uses ``gamma=1e-3``.
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ class FAMO(LossBalancer):
         *,
         w_lr: float = 0.025,
         gamma: float = 0.01,
-        max_norm: float = 1.0,
+        max_norm: float = 0.0,
         min_losses: tuple[float, ...] | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
         adam_eps: float = 1e-8,
     ) -> None:
         super().__init__(num_tasks)
+        if max_norm < 0:
+            raise ValueError(f"famo max_norm must be >= 0 (0 = no clipping), got {max_norm}")
         if min_losses is not None and len(min_losses) != num_tasks:
             raise ValueError(
                 f"famo min_losses needs {num_tasks} values (one per task), got {len(min_losses)}"

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ._rng import TorchRandom
-from .base import GradientBalancer
+from .base import BalanceResult, GradientBalancer
 
 
 def graddrop_update(grads: Tensor, leak: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
@@ -56,8 +56,9 @@ class GradDrop(GradientBalancer):
         self.seed = seed
         self._random = TorchRandom(seed)
 
-    def _aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
-        return graddrop_update(grads, self.leak, self._random.generator(grads.device))
+    def _balance(self, grads: Tensor, losses: Tensor) -> BalanceResult:
+        """No per-task weights: the dropout acts per coordinate (``task_weights`` is None)."""
+        return BalanceResult(graddrop_update(grads, self.leak, self._random.generator(grads.device)))
 
     def get_extra_state(self) -> dict[str, Tensor]:
         return self._random.state()

@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import GradientBalancer, gramian
+from .base import BalanceResult, GradientBalancer, gramian
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
@@ -112,10 +112,10 @@ class MGDA(GradientBalancer):
         self.max_iter = max_iter
         self.stop_crit = stop_crit
 
-    def _aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
+    def _balance(self, grads: Tensor, losses: Tensor) -> BalanceResult:
         gram = gramian(grads).cpu()
         scale = normalizers(gram, losses.double().cpu(), self.normalization)
         solution = min_norm_weights(gram / torch.outer(scale, scale), self.max_iter, self.stop_crit)
-        self.weights = (solution / scale).to(device=grads.device, dtype=grads.dtype)
-        self.head_weights = solution.to(self.weights) if self.weight_heads else None
-        return self.weights @ grads
+        weights = (solution / scale).to(device=grads.device, dtype=grads.dtype)
+        heads = solution.to(weights) if self.weight_heads else None
+        return BalanceResult(weights @ grads, weights, heads)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import GradientBalancer, gramian
+from .base import BalanceResult, GradientBalancer, gramian
 
 try:  # optional dependency
     import cvxpy as cp
@@ -140,24 +140,23 @@ class NashMTL(GradientBalancer):
         coef = self.max_norm / (torch.linalg.vector_norm(update) + 1e-6)
         return update * coef.clamp(max=1.0)
 
-    def _aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
+    def _balance(self, grads: Tensor, losses: Tensor) -> BalanceResult:
         if self.step % self.update_weights_every == 0:
             self._last_alpha = self.solver.solve(gramian(grads).cpu().numpy())
         self.step += 1
-        self.weights = torch.from_numpy(self._last_alpha.copy()).to(device=grads.device, dtype=grads.dtype)
-        self.head_weights = self.weights
-        return self._clip(self.weights @ grads)
+        weights = torch.from_numpy(self._last_alpha.copy()).to(device=grads.device, dtype=grads.dtype)
+        return BalanceResult(self._clip(weights @ grads), weights, weights)
 
     def shortcut_weights(self) -> Tensor | None:
         if self.step % self.update_weights_every == 0:
             return None
         return torch.from_numpy(self._last_alpha.copy())
 
-    def finish_shortcut(self, combined: Tensor) -> Tensor:
+    def finish_shortcut(self, combined: Tensor) -> BalanceResult:
         self.step += 1
-        self.weights = torch.from_numpy(self._last_alpha.copy()).to(combined)
-        self.head_weights = self.weights
-        return self._clip(combined)
+        weights = torch.from_numpy(self._last_alpha.copy()).to(combined)
+        self.weights = self.head_weights = weights
+        return BalanceResult(self._clip(combined), weights, weights)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, str] = {
     "nyud": "tokenmtl.data.nyud:NYUDBenchmark",
     "pascal": "tokenmtl.data.pascal:PascalContextBenchmark",
     "taskonomy": "tokenmtl.data.taskonomy:TaskonomyBenchmark",
+    "packages": "tokenmtl.data.packages:PackagesBenchmark",
 }
 
 

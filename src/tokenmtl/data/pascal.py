@@ -10,9 +10,10 @@ PASCALContext/normals_distill/<id>.png                    2 * x / 255 - 1, kept 
 PASCALContext/pascal-context/trainval/<id>.mat            `LabelMap` (459 context classes)
 ```
 Edges are the thinned non-zero 4-neighbour Laplacian of `LabelMap` (OpenCV's ksize=1 kernel with
-reflect-101 borders, then skimage-style thinning). Human parts: `anno[0, 0]["objects"]` is a
-struct array with fields `class`, `class_ind` (15 = person), `mask`, `parts`; `parts` is a struct
-array with `part_name` (e.g. "head", "luarm") and `mask`. Person parts are merged into 6 classes
+reflect-101 borders, then `bwmorph 'thin'` thinning from `tokenmtl.metrics.thinning`, the same
+as the edge metric's). Human parts: `anno[0, 0]["objects"]` is a struct array with fields
+`class`, `class_ind` (15 = person), `mask`, `parts`; `parts` is a struct array with
+`part_name` (e.g. "head", "luarm") and `mask`. Person parts are merged into 6 classes
 (+ background 0) as ASTMT's `HUMAN_PART[6]`; an image with no annotated person parts is ignored
 entirely (255) for that task, as ATRC's AddIgnoreRegions does.
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +33,7 @@ from tokenmtl.data.errors import (DataError, SampleDataset, check_shape, check_v
                                   require_dir, resolve_root)
 from tokenmtl.data.nyud import check_tasks
 from tokenmtl.data.transforms import EvalTransform, TrainTransform
+from tokenmtl.metrics.thinning import thin
 
 PERSON_CLASS = 15
 # ASTMT HUMAN_PART[6]: PASCAL-Part person part name -> one of 6 parts (0 = background).
@@ -57,46 +58,6 @@ NORMALS_VALID_CLASSES = frozenset((
     441, 442, 443, 444, 446, 454, 457, 427,
 ))
 LABELMAP_DIR = ("pascal-context", "trainval")
-
-
-@lru_cache(maxsize=1)
-def _thin_luts() -> tuple[np.ndarray, np.ndarray]:
-    """Lookup tables of the two Guo-Hall sub-iterations (as scikit-image's `thin`)."""
-    def bits(n: int) -> list[bool]:
-        return [bool(n >> i & 1) for i in range(8)]
-
-    def g1(b: list[bool]) -> bool:
-        return sum(1 for i in (0, 2, 4, 6) if not b[i] and (b[i + 1] or b[(i + 2) % 8])) == 1
-
-    def g2(b: list[bool]) -> bool:
-        n1 = sum(1 for k in (1, 3, 5, 7) if b[k] or b[k - 1])
-        n2 = sum(1 for k in (1, 3, 5, 7) if b[k] or b[(k + 1) % 8])
-        return min(n1, n2) in (2, 3)
-
-    def g3(b: list[bool]) -> bool:
-        return not ((b[1] or b[2] or not b[7]) and b[0])
-
-    def g3p(b: list[bool]) -> bool:
-        return not ((b[5] or b[6] or not b[3]) and b[4])
-
-    table = [bits(n) for n in range(256)]
-    first = np.array([g1(b) and g2(b) and g3(b) for b in table])
-    second = np.array([g1(b) and g2(b) and g3p(b) for b in table])
-    return first, second
-
-
-def thin(mask: np.ndarray) -> np.ndarray:
-    """Morphological thinning of a boolean mask to 1-pixel-wide lines (Guo & Hall 1989)."""
-    skel = mask.astype(np.uint8)
-    weights = np.array([[8, 4, 2], [16, 0, 1], [32, 64, 128]], dtype=np.uint8)
-    luts = _thin_luts()
-    before = -1
-    while before != int(skel.sum()):
-        before = int(skel.sum())
-        for lut in luts:
-            codes = ndimage.correlate(skel, weights, mode="constant")
-            skel[np.take(lut, codes) & (skel > 0)] = 0
-    return skel.astype(bool)
 
 
 def edges_from_labelmap(label_map: np.ndarray) -> np.ndarray:

@@ -1,23 +1,30 @@
 """Conflict analysis of a multi-task model: token spaces and token-level gradient conflicts per layer.
 
-METHOD.md 1.1-1.2. Pass 1 streams the tokens entering each block into a float64 covariance
-(no gradients), then eigendecomposes and splits it. Pass 2 runs, per batch, one forward pass, T
-backward passes through the heads alone (each task's own head) and one backward pass through the
-shared blocks batched over the T tasks (`is_grads_batched`; a loop of T passes as a fallback),
-which gives dL_t/dX_l for every task and layer at once, and counts conflicts.
+docs/method.md ("Token space", "Conflicts", "Analysis mode"). Pass 1 streams the tokens entering
+each block into a float64 covariance (no gradients), then eigendecomposes and splits it. Pass 2
+runs, per batch, one forward pass, T backward passes through the heads alone (each task's own
+head) and one backward pass through the shared blocks batched over the T tasks
+(`is_grads_batched`; a loop of T passes as a fallback), which gives dL_t/dX_l for every task and
+layer at once, and counts conflicts. Both passes read the same batches (checked) with the model in
+`analysis_mode`: batch-statistics normalisation, dropout and drop path off.
 """
 from __future__ import annotations
 
 import json
 import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
+
+from tokenmtl.engine.task_gradients import TaskGradients, looped_task_gradients
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
 
 from tokenmtl.dtme.conflicts import ConflictCounts, conflict_counts
 from tokenmtl.dtme.token_space import TokenCovariance, TokenSpace, split_token_space
@@ -111,6 +118,98 @@ def _token_mask(encoder: nn.Module, tokens: torch.Tensor, ctx: Any,
     return mask
 
 
+@contextmanager
+def analysis_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run `model` with batch-statistics normalisation and every other module in eval mode.
+
+    Normalisation layers (BatchNorm, SyncBatchNorm, InstanceNorm, ...) use the statistics of the
+    batch, as in training; dropout, drop path and anything else that behaves differently in
+    training are off, so the analysis is deterministic. On exit every module's mode and every
+    normalisation buffer (running mean/var, num_batches_tracked) is restored exactly.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    saved = [(m, {name: buf.detach().clone() for name, buf in m.named_buffers(recurse=False)})
+             for m in norms]
+    model.eval()
+    for m in norms:
+        m.train()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+        with torch.no_grad():
+            for m, buffers in saved:
+                for name, value in buffers.items():
+                    getattr(m, name).copy_(value)
+
+
+def fixed_order(loader: Iterable, num_batches: int | None = None) -> Iterable:
+    """A loader that yields the same batches at every pass: a DataLoader's first `num_batches` batches, frozen.
+
+    A DataLoader over a map-style dataset draws a new order at every pass when it shuffles (or
+    its sampler does, e.g. a seeded `GlobalBatchShards`); its index lists are drawn once here and
+    replayed. Other loaders are returned as they are (`analyze` checks that both passes agree).
+    """
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return loader
+    if loader.batch_sampler is not None:
+        order: dict[str, Any] = {"batch_sampler": list(islice(loader.batch_sampler, num_batches))}
+    else:  # batch_size=None: every index of the sampler is one batch
+        order = {"sampler": list(islice(loader.sampler, num_batches)), "batch_size": None}
+    workers: dict[str, Any] = {}
+    if loader.num_workers > 0:
+        workers = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers,
+                   "multiprocessing_context": loader.multiprocessing_context,
+                   "worker_init_fn": loader.worker_init_fn, "timeout": loader.timeout}
+    return DataLoader(loader.dataset, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                      pin_memory=loader.pin_memory, generator=loader.generator, **order, **workers)
+
+
+def batch_fingerprint(batch: Any) -> int:
+    """CRC-32 of every tensor (keys, dtype, shape, bytes) of a batch: different batches differ.
+
+    A checksum, not a cryptographic hash: it guards against a loader that changes between passes
+    (CRC-32 reads about 1 GB/s, a few times faster than blake2b, so it is cheap next to a forward).
+    """
+    crc = 0
+
+    def visit(value: Any) -> None:
+        nonlocal crc
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().contiguous()
+            crc = zlib.crc32(f"{value.dtype}{tuple(value.shape)}".encode(), crc)
+            crc = zlib.crc32(memoryview(value.reshape(-1).view(torch.uint8).numpy()), crc)
+        elif isinstance(value, Mapping):
+            for key in sorted(value, key=str):
+                crc = zlib.crc32(str(key).encode(), crc)
+                visit(value[key])
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+        else:
+            crc = zlib.crc32(repr(value).encode(), crc)
+
+    visit(batch)
+    return crc
+
+
+def common_batch_count(count: int, reduce: Reduce, device: torch.device | str | None = None) -> int:
+    """The smallest per-process batch count, using only the SUM `reduce` (an all-reduce).
+
+    Train-mode normalisation layers synchronise their statistics at every forward pass in a
+    distributed run, so every process must run the same number of batches: the counts are summed
+    (an upper bound), then a histogram of the counts is summed and its first filled bin is the minimum.
+    """
+    total = torch.tensor([float(count)], dtype=torch.float64, device=device)
+    reduce(total)
+    histogram = torch.zeros(int(total.item()) + 1, dtype=torch.float64, device=device)
+    histogram[count] = 1.0
+    reduce(histogram)
+    return int(torch.nonzero(histogram > 0)[0].item())
+
+
 class _CaptureTrunk(nn.Module):
     """Shared trunk that records the tokens entering the chosen blocks, as gradient targets."""
 
@@ -141,29 +240,11 @@ def _task_gradients(losses: torch.Tensor, inputs: list[torch.Tensor], output: to
 
     Two steps: dL_t/dZ at the trunk output Z through task t's head only (T cheap passes), then
     one backward pass through the shared blocks batched over the T upstream gradients
-    (`is_grads_batched`), or T passes when `batched` is False or an op cannot be batched.
+    (`is_grads_batched`), or T passes when `batched` is False or an op cannot be batched. Both
+    steps use the engine's one task-gradient routine (`tokenmtl.engine.task_gradients`).
     """
-    num_tasks = losses.shape[0]
-    upstream = []
-    for t in range(num_tasks):
-        (g,) = torch.autograd.grad(losses[t], [output], retain_graph=True, allow_unused=True)
-        upstream.append(torch.zeros_like(output) if g is None else g)
-    upstream = torch.stack(upstream)
-
-    def filled(grads: tuple, leading: tuple[int, ...]) -> list[torch.Tensor]:
-        return [torch.zeros(*leading, *x.shape, dtype=x.dtype, device=x.device) if g is None else g
-                for g, x in zip(grads, inputs)]
-
-    if batched:
-        try:
-            return filled(torch.autograd.grad(output, inputs, grad_outputs=upstream, is_grads_batched=True,
-                                              retain_graph=True, allow_unused=True), (num_tasks,))
-        except RuntimeError:
-            pass  # an op without a batching rule: fall back to one backward pass per task
-    per_task = [filled(torch.autograd.grad(output, inputs, grad_outputs=upstream[t],
-                                           retain_graph=t < num_tasks - 1, allow_unused=True), ())
-                for t in range(num_tasks)]
-    return [torch.stack([per_task[t][i] for t in range(num_tasks)]) for i in range(len(inputs))]
+    upstream = looped_task_gradients(losses, [output], retain_graph=True)[0]
+    return TaskGradients("auto" if batched else "loop")(output, inputs, grad_outputs=upstream)
 
 
 def _progress(iterable: Iterable, total: int | None, desc: str, enabled: bool) -> Iterable:
@@ -199,16 +280,20 @@ def analyze(
     exclude_prefix: bool = False,
     batched: bool = True,
 ) -> ConflictReport:
-    """Token spaces and range/null conflict rates of every (or each listed) block input (METHOD.md 1.1-1.2).
+    """Token spaces and range/null conflict rates of every (or each listed) block input (docs/method.md).
 
     `loss_fn(outputs, batch) -> {task: scalar loss}`; `num_batches=None` uses the whole loader.
-    The loader is iterated twice (covariance pass, then conflict pass), so it must be re-iterable
-    (a DataLoader or a list, not a generator); a shuffling loader gives each pass its own batches.
-    All tokens entering a block count, prefix (class) tokens included unless `exclude_prefix`;
-    padding tokens of text encoders (the adapter's `token_mask`) never count. `reduce` is applied
-    in place to every sum before it is read (e.g. an all-reduce across ranks). The model runs in
-    eval mode, then its mode is restored; parameter `.grad`s are not touched. `batched=False`
-    replaces the task-batched backward by T backward passes (same result).
+    The loader is read twice (covariance pass, then conflict pass) and both passes must see the
+    same batches: a DataLoader over a map-style dataset is frozen to the order of its first pass
+    (`fixed_order`, so a shuffling one gives a random subset), and every batch of the second pass
+    is checked against the first (`batch_fingerprint`); a loader that changes between passes
+    (random augmentation, a generator) is an error. All tokens entering a block count, prefix
+    (class) tokens included unless `exclude_prefix`; padding tokens of text encoders (the
+    adapter's `token_mask`) never count. `reduce` is applied in place to every sum before it is
+    read (e.g. an all-reduce across ranks); with it, every process runs the smallest per-process
+    batch count. The model runs in `analysis_mode` (batch statistics, no dropout), and its modes,
+    running statistics and parameter `.grad`s are left as they were. `batched=False` replaces the
+    task-batched backward by T backward passes (same result).
     """
     _check_model(model)
     encoder = model.encoder
@@ -223,19 +308,22 @@ def analyze(
     if num_batches is not None and num_batches < 1:
         raise ValueError(f"num_batches must be >= 1 or None (whole loader); got {num_batches}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    loader = fixed_order(loader, num_batches)
     try:
         size = len(loader)  # type: ignore[arg-type]
-        total = min(size, num_batches) if num_batches is not None else size
+        total: int | None = min(size, num_batches) if num_batches is not None else size
     except TypeError:
         total = num_batches
-    was_training = model.training
-    model.eval()
-    try:
+    if reduce is not None and total is not None:
+        total = common_batch_count(total, reduce, device)
+    limit = total if total is not None else num_batches
+    with analysis_mode(model):
         start = time.perf_counter()
         covs = {l: TokenCovariance(encoder.embed_dim, name=str(l), device=device) for l in layers}
-        seen = 0
+        fingerprints: list[int] = []
         with torch.no_grad():
-            for batch in _progress(islice(loader, num_batches), total, "dtme: token covariance", progress):
+            for batch in _progress(islice(loader, limit), total, "dtme: token covariance", progress):
+                fingerprints.append(batch_fingerprint(batch))
                 tokens, ctx = encoder.embed(_to_device(model.inputs_from_batch(batch), device))
                 mask = _token_mask(encoder, tokens, ctx, exclude_prefix)
                 for index in range(layers[-1] + 1):
@@ -243,7 +331,7 @@ def analyze(
                         covs[index].update(tokens, mask)
                     if index < layers[-1]:
                         tokens = encoder.run_block(index, tokens, ctx)
-                seen += 1
+        seen = len(fingerprints)
         if seen == 0:
             raise ValueError("the loader yielded no batch")
         if reduce is not None:
@@ -261,8 +349,16 @@ def analyze(
         capture = _CaptureTrunk(layers)
         original_trunk = model.trunk
         model.trunk = capture
+        again = 0
         try:
-            for batch in _progress(islice(loader, num_batches), total, "dtme: conflicts", progress):
+            for batch in _progress(islice(loader, seen), seen, "dtme: conflicts", progress):
+                if batch_fingerprint(batch) != fingerprints[again]:
+                    raise ValueError(
+                        f"the loader yielded a different batch {again} in the conflict pass than in the "
+                        "covariance pass; analyze needs the same batches in both: pass a loader with a "
+                        "fixed order and no random augmentation (a DataLoader over a map-style dataset "
+                        "is fixed automatically)")
+                again += 1
                 batch = _to_device(batch, device)
                 with torch.enable_grad():
                     outputs = model(model.inputs_from_batch(batch))
@@ -282,12 +378,13 @@ def analyze(
                     counts[l].add(conflict_counts(g, spaces[l]))
         finally:
             model.trunk = original_trunk
+        if again != seen:
+            raise ValueError(f"the loader yielded {again} batches in the conflict pass but {seen} in the "
+                             "covariance pass; analyze needs the same batches in both passes")
         if reduce is not None:
             for c in counts.values():
                 reduce(c.values)
         conflicts_s = time.perf_counter() - start
-    finally:
-        model.train(was_training)
 
     layer_reports = [
         LayerReport(

@@ -1,13 +1,15 @@
-"""Expansion: edit a `MultiTaskModel` once so its trunk carries the plan's per-task modules (METHOD.md 1.4).
+"""Expansion: edit a `MultiTaskModel` once so its trunk carries the plan's per-task modules
+(DTME-MTL paper, Token Modulation and Expansion).
 
-Streams: all tasks share one token stream up to the fork (the first layer with TM, TE or a split
-module); there the stream is copied once per task and the tasks are folded task-major into the
+Streams: all tasks share one token stream up to the fork (the first layer with TM, TE or a
+per-task module another edit registered, e.g. Recon's split layers); there the stream is copied
+once per task and the tasks are folded task-major into the
 batch axis, so every later block runs once, batched, on (T*B, N, D) with its shared weights.
 
 Checkpoints: save `{"model": model.state_dict(), "dtme_plan": plan_of(model).to_dict()}`; to load,
 build the same model, `expand(model, Plan.from_dict(ckpt["dtme_plan"]))`, then
-`model.load_state_dict(ckpt["model"])`. Added parameters are named `trunk.*`; rebuild the
-optimizer after `expand` (`added_parameters(model)` gives them, e.g. for a learning-rate group).
+`model.load_state_dict(ckpt["model"])`. Added parameters are named `trunk.*`; give them a new
+optimizer parameter group after `expand` (`added_parameters(model)`), keeping the existing state.
 """
 from __future__ import annotations
 
@@ -16,33 +18,54 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from tokenmtl.dtme.modules import SplitLinearProxy, TaskSpecificLinear, TokenExpansion, TokenModulation
+from tokenmtl.dtme.modules import TokenExpansion, TokenModulation
 from tokenmtl.dtme.plan import Plan
 
 
-def _split_key(name: str) -> str:
-    return name.replace(".", "__")
-
-
 class ExpandedTrunk(nn.Module):
-    """A trunk with per-task TM/TE/split modules; `forward(encoder, tokens, ctx, tasks) -> {task: tokens}`.
+    """A trunk that forks per-task token streams; `forward(encoder, tokens, ctx, tasks) -> {task: tokens}`.
 
-    Any subset of the plan's tasks may be run (e.g. one task alone for per-task inference);
-    streams are returned as (B, N, D) views of the folded batch. At a layer with both, TM
-    modulates the stream's tokens first, then the TE tokens are appended (not modulated).
+    It carries DTME's TM/TE modules (`plan`, None when no DTME plan was applied) and any per-task
+    copies of block modules that another architecture edit registers with `add_split` (e.g.
+    `tokenmtl.recon`). Any subset of the tasks may be run (e.g. one task alone for per-task
+    inference); streams are returned as (B, N, D) views of the folded batch. At a layer with
+    both, TM modulates the stream's tokens first, then the TE tokens are appended (not modulated).
     """
 
-    def __init__(self, plan: Plan, dim: int, split_modules: dict[str, TaskSpecificLinear],
-                 split_blocks: Sequence[int], removed_parameters: int) -> None:
+    def __init__(self, tasks: Sequence[str], dim: int, plan: Plan | None = None) -> None:
         super().__init__()
+        self.plan: Plan | None = None
+        self.tasks = list(tasks)
+        self.dim = int(dim)
+        self.tm = nn.ModuleDict()
+        self.te = nn.ModuleDict()
+        self.split = nn.ModuleDict()
+        self.split_blocks: list[int] = []
+        self.removed_parameters = 0
+        if plan is not None:
+            self.install_plan(plan)
+
+    def install_plan(self, plan: Plan) -> None:
+        """Add the plan's TM and TE modules (once)."""
+        if self.plan is not None:
+            raise ValueError("this trunk already carries a DTME plan; expand a freshly built model instead")
         self.plan = plan
-        self.tasks = list(plan.tasks)
-        self.tm = nn.ModuleDict({str(l): TokenModulation(plan.tasks, dim, plan.modulator) for l in plan.tm})
-        self.te = nn.ModuleDict({str(l): TokenExpansion(plan.tasks, dim, plan.num_tokens) for l in plan.te})
-        self.split = nn.ModuleDict({_split_key(n): m for n, m in split_modules.items()})
-        self.removed_parameters = int(removed_parameters)
-        layers = list(plan.tm) + list(plan.te) + list(split_blocks)
-        self.fork: int | None = min(layers) if layers else None
+        for layer in plan.tm:
+            self.tm[str(layer)] = TokenModulation(plan.tasks, self.dim, plan.modulator)
+        for layer in plan.te:
+            self.te[str(layer)] = TokenExpansion(plan.tasks, self.dim, plan.num_tokens)
+
+    def add_split(self, key: str, module: nn.Module, block: int, removed_parameters: int) -> None:
+        """Register a per-task module living inside block `block` (the streams fork there at the latest)."""
+        self.split[key] = module
+        self.split_blocks.append(int(block))
+        self.removed_parameters += int(removed_parameters)
+
+    @property
+    def fork(self) -> int | None:
+        """First block that runs per-task streams (None: no fork, the shared trunk's result)."""
+        layers = [int(k) for k in self.tm] + [int(k) for k in self.te] + self.split_blocks
+        return min(layers) if layers else None
 
     def forward(self, encoder: Any, tokens: torch.Tensor, ctx: Any,
                 tasks: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -104,46 +127,38 @@ def _check_plan(model: nn.Module, plan: Plan) -> None:
         raise ValueError(f"plan layers {bad} are out of range; this encoder has blocks 0..{num_blocks - 1}")
 
 
-def _resolve_split(blocks: nn.Module, name: str) -> tuple[nn.Module, str, nn.Linear, int]:
-    """(parent module, attribute, the Linear, block index) for a name like '7.mlp.fc2'."""
-    parts = name.split(".")
-    if len(parts) < 2 or not parts[0].isdigit():
-        raise ValueError(f"split module names look like '<block>.<path>' (e.g. '7.mlp.fc2'); got {name!r}")
-    try:
-        parent = blocks.get_submodule(".".join(parts[:-1]))
-        module = parent.get_submodule(parts[-1])
-    except AttributeError as exc:
-        raise ValueError(f"split module {name!r} does not exist under encoder.blocks ({exc})") from None
-    if not isinstance(module, nn.Linear):
-        raise ValueError(f"split module {name!r} must be an nn.Linear; got {type(module).__name__}")
-    return parent, parts[-1], module, int(parts[0])
+def forking_trunk(model: nn.Module) -> ExpandedTrunk:
+    """The model's `ExpandedTrunk`, installed (empty, on the encoder's device and dtype) if needed."""
+    trunk = getattr(model, "trunk", None)
+    if isinstance(trunk, ExpandedTrunk):
+        return trunk
+    reference = next(model.encoder.parameters())
+    trunk = ExpandedTrunk(model.tasks, model.encoder.embed_dim).to(device=reference.device, dtype=reference.dtype)
+    model.trunk = trunk
+    return trunk
 
 
 def expand(model: nn.Module, plan: Plan) -> nn.Module:
-    """Install an `ExpandedTrunk` following `plan` in `model` (in place; returns the model).
+    """Install the plan's TM/TE modules in `model`'s trunk (in place; returns the model).
 
     Added modules start on the encoder's device and dtype. An empty plan reproduces the
-    baseline bit for bit (no fork). Rebuild the optimizer afterwards.
+    baseline bit for bit (no fork). Existing parameters are untouched: give the added ones
+    (`added_parameters`) a new optimizer parameter group.
     """
     _check_plan(model, plan)
-    encoder = model.encoder
-    reference = next(encoder.parameters())
-    split_modules: dict[str, TaskSpecificLinear] = {}
-    split_blocks: list[int] = []
-    removed = 0
-    targets = [(name, *_resolve_split(encoder.blocks, name)) for name in plan.split]
-    for name, parent, attr, linear, block in targets:
-        task_linear = TaskSpecificLinear(linear, plan.tasks)
-        split_modules[name] = task_linear
-        split_blocks.append(block)
-        removed += sum(p.numel() for p in linear.parameters())
-    trunk = ExpandedTrunk(plan, encoder.embed_dim, split_modules, split_blocks, removed)
+    reference = next(model.encoder.parameters())
+    trunk = forking_trunk(model)
+    trunk.install_plan(plan)
     trunk.to(device=reference.device, dtype=reference.dtype)
-    for name, parent, attr, linear, block in targets:
-        del parent._modules[attr]
-        object.__setattr__(parent, attr, SplitLinearProxy(split_modules[name], name))
-    model.trunk = trunk
     return model
+
+
+def plan_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the DTME plan's modules (TM and TE), without other edits' split copies."""
+    trunk = getattr(model, "trunk", None)
+    if not isinstance(trunk, ExpandedTrunk):
+        return []
+    return [p for group in (trunk.tm, trunk.te) for p in group.parameters()]
 
 
 def added_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -1,4 +1,4 @@
-"""The expansion plan: which layers get Token Modulation / Token Expansion (METHOD.md 1.3).
+"""The expansion plan: which layers get Token Modulation / Token Expansion (DTME-MTL paper, layer selection).
 
 A plan is data (a small JSON dict saved with every checkpoint), so an expanded model can be
 rebuilt exactly: build the model, `expand(model, Plan.from_dict(d))`, then load the state dict.
@@ -13,17 +13,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 STRATEGIES = ("conflict", "random", "reverse", "swap")
-MODES = ("both", "tm", "te")
+MODES = ("both", "tm", "te", "none")  # none: the empty-plan control (analysis, no expansion)
 MODULATORS = ("affine", "batchnorm")
 
 
 @dataclass
 class Plan:
-    """Layers (block indices, i.e. the tokens entering that block) for TM and TE, and their settings.
-
-    `split` lists `nn.Linear` modules by name relative to `encoder.blocks` (e.g. "7.mlp.fc2")
-    that become per-task copies (Recon-style); DTME's own plans leave it empty.
-    """
+    """Layers (block indices, i.e. the tokens entering that block) for TM and TE, and their settings."""
 
     tm: list[int] = field(default_factory=list)
     te: list[int] = field(default_factory=list)
@@ -34,13 +30,11 @@ class Plan:
     ratio: float = 0.5
     mode: str = "both"
     seed: int = 0
-    split: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tm = sorted(int(x) for x in self.tm)
         self.te = sorted(int(x) for x in self.te)
         self.tasks = [str(t) for t in self.tasks]
-        self.split = [str(s) for s in self.split]
         if self.modulator not in MODULATORS:
             raise ValueError(f"unknown modulator {self.modulator!r}; allowed: {list(MODULATORS)}")
         if self.num_tokens < 1:
@@ -54,8 +48,8 @@ class Plan:
 
     @property
     def is_empty(self) -> bool:
-        """True when the plan changes nothing (no TM, TE or split layers)."""
-        return not (self.tm or self.te or self.split)
+        """True when the plan changes nothing (no TM or TE layers)."""
+        return not (self.tm or self.te)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -81,7 +75,7 @@ class Plan:
 
 
 def num_selected(ratio: float, num_layers: int) -> int:
-    """n = round(ratio * L), rounding halves up (METHOD.md 1.3)."""
+    """n = round(ratio * L), rounding halves up (DTME-MTL paper, layer selection)."""
     return int(math.floor(ratio * num_layers + 0.5))
 
 
@@ -100,12 +94,12 @@ def make_plan(
     num_tokens: int = 6,
     modulator: str = "affine",
 ) -> Plan:
-    """Choose TM/TE layers from a conflict report (METHOD.md 1.3).
+    """Choose TM/TE layers from a conflict report (DTME-MTL paper, layer selection).
 
     conflict: TM on the n layers with the most range conflicts, TE on the n with the most null
     conflicts; reverse: the n least conflicted of each; swap: TE by range, TM by null conflicts;
     random: n random layers each (seeded). n = round(ratio * L) over the analysed layers.
-    `mode` "tm"/"te" keeps only one kind.
+    `mode` "tm"/"te" keeps only one kind; "none" keeps neither (the empty-plan control run).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; allowed: {list(STRATEGIES)}")
@@ -126,9 +120,9 @@ def make_plan(
         rng = random.Random(seed)
         layers = sorted(range_rates)
         tm, te = sorted(rng.sample(layers, n)), sorted(rng.sample(layers, n))
-    if mode == "tm":
+    if mode in ("tm", "none"):
         te = []
-    elif mode == "te":
+    if mode in ("te", "none"):
         tm = []
     return Plan(tm=tm, te=te, num_tokens=num_tokens, modulator=modulator, tasks=list(report.tasks),
                 strategy=strategy, ratio=float(ratio), mode=mode, seed=int(seed))

@@ -1,6 +1,9 @@
 """Atomic, checksummed checkpoints: write to a temp file, fsync, rename, then record the SHA-256
 in a manifest (also replaced atomically). A truncated or corrupted file is detected on load, and
-the last K good checkpoints are kept so a bad one never costs the run."""
+the last K good checkpoints are kept so a bad one never costs the run.
+
+Multi-process runs need no shared disk to resume: `load_resume_state` reads on rank 0 only and
+broadcasts the state (or the reason it could not) to the other ranks."""
 from __future__ import annotations
 
 import hashlib
@@ -10,9 +13,12 @@ import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from tokenmtl.engine.distributed import DistContext
 
 MANIFEST = "checkpoints.json"
 
@@ -119,3 +125,34 @@ def latest_good_checkpoint(folder: str | Path) -> tuple[Path, dict[str, Any]] | 
     if problems:
         raise CheckpointError("no good checkpoint to resume from:\n  " + "\n  ".join(problems))
     return None
+
+
+def load_resume_state(folder: str | Path, dist: "DistContext") -> tuple[Path, dict[str, Any]] | None:
+    """`latest_good_checkpoint(folder)` as rank 0 sees it, on every rank.
+
+    Only rank 0 reads (the other ranks' `folder` may be empty or absent: no shared disk); the
+    state travels with `torch.distributed.broadcast_object_list`. When rank 0 cannot resume (no
+    good checkpoint, unreadable manifest, any error), every rank raises the same CheckpointError
+    instead of waiting for a state that never comes. None on every rank when there is nothing to
+    resume from.
+    """
+    if dist.world_size == 1:
+        return latest_good_checkpoint(folder)
+    import torch.distributed as tdist
+
+    message: tuple[str, Any, Any] | None = None
+    if dist.rank == 0:
+        try:
+            found = latest_good_checkpoint(folder)
+            message = ("none", None, None) if found is None else ("ok", str(found[0]), found[1])
+        except Exception as err:  # noqa: BLE001 - every rank must learn that rank 0 failed
+            text = str(err) if isinstance(err, CheckpointError) else f"{type(err).__name__}: {err}"
+            message = ("error", text, None)
+    box = [message]
+    tdist.broadcast_object_list(box, src=0)
+    kind, detail, state = box[0]
+    if kind == "error":
+        raise CheckpointError(detail)
+    if kind == "none":
+        return None
+    return Path(detail), state

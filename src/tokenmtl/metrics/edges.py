@@ -16,24 +16,41 @@ How this relates to the MATLAB numbers (SEISM, wrapping the BSDS ``correspondPix
 - Matching. ``correspondPixels`` solves a min-cost assignment (CSA) on a sparse graph with high
   outlier costs: it maximises the number of matched pairs within the tolerance and then prefers
   short distances. We compute a maximum-cardinality bipartite matching on the exact graph of
-  pairs within the tolerance (Hopcroft-Karp, ``scipy.sparse.csgraph.maximum_bipartite_matching``).
+  pairs within the tolerance (augmenting paths and max flow, see "Computation now" below).
   Both are one-to-one; the counts agree whenever the sparse approximation of CSA finds a maximum
   matching, and can differ slightly otherwise.
 - Thinning. SEISM's contour evaluation (``eval_cont.m``) calls ``edgesEvalImg(..., 'thin', 0)``:
   no thinning, hence ``thin=False`` by default. ``thin=True`` applies the BSDS benchmark's
-  ``bwmorph(bmap, 'thin', inf)`` (Lam-Lee-Suen thinning, re-implemented here with lookup tables);
-  it costs several passes per threshold map.
+  ``bwmorph(bmap, 'thin', inf)`` (Guo & Hall's algorithm, ``metrics/thinning.py``); it
+  costs several passes per threshold map.
 - Inputs. The MATLAB pipeline reads PNGs of ``255 * sigmoid``; we threshold the float
   probability, so thresholds falling between two PNG grey levels can differ by one level.
 Results from this module are a Python re-implementation of the definition, not SEISM itself.
 
-Computation. Pairs within the tolerance are found by scanning the disc of integer offsets around
-each ground-truth pixel. Without thinning the maps are nested (a pixel present at threshold k is
-present at every lower one), so thresholds are solved from high to low, each on the pixels
-matched at the previous threshold plus the newly present ones (see ``_matched_nested``): one
-Hopcroft-Karp call per threshold per batch, about the size of the ground truth. With thinning,
-every threshold is matched on its own (slower). Measured on 2 busy CPU cores: 512 images of
-64x64 in about 1-3 s; one 425x560 NYUD-sized image at tolerance 0.011 in about 2 s.
+Why the previous implementation was slow on sharp maps (kept as ``tests/edge_reference.py``):
+it called SciPy's ``maximum_bipartite_matching`` (Hopcroft-Karp) once per threshold. SciPy's
+depth-first phase marks a vertex as used only when it lies on an augmenting path that succeeded;
+a search that fails is not remembered, so a free row that cannot be augmented in a phase walks
+every path of the layered graph, a number that grows exponentially with the depth. Sharp,
+accurate maps make exactly that graph: predicted pixels sit on the ground-truth curves, each
+joined to the ~2r ground-truth pixels along the curve, the matching is nearly perfect and the
+remaining augmenting paths run far along the curves. Profiled on a 212x280 sharp map (1,550
+ground-truth pixels, radius 3.9 px): one call on 1,525 rows and 13,564 edges took 55 s; blurry
+maps have short augmenting paths (many free choices nearby) and stayed fast.
+
+Computation now. Pairs within the tolerance are found by scanning the disc of integer offsets
+around each ground-truth pixel. Without thinning the maps are nested (a pixel present at
+threshold k is present at every lower one), so thresholds are visited from high to low and one
+maximum matching is grown (``edge_matching.GrowingMatching``): new pixels take free neighbours
+greedily, the rest are augmented along breadth-first trees (C-level searches, vertex-disjoint
+paths flipped at once; a unit-capacity max flow finishes when a few rounds do not), and regions
+proven unable to grow are skipped for every lower threshold. With thinning the maps are not
+nested: each threshold starts from the previous threshold's matching minus the pixels thinning
+removed, then augments from every unmatched pixel. Every step keeps a maximum matching, so the
+counts equal the reference's (tests/test_edges_fast.py checks them to 1e-9);
+``benchmarks/edge_eval.py`` measures the speed. Measured on one thread of a shared 2-core machine
+(``benchmarks/results/edge_eval.json``): a 425x560 map in 0.48-0.54 s, sharp or blurry (the
+previous code did not finish either in 60 s); with thinning, 1.5 s (sharp) to 3.9 s (blurry).
 """
 
 from __future__ import annotations
@@ -42,11 +59,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import maximum_bipartite_matching
 from torch import Tensor
 
 from tokenmtl.metrics.dense import IGNORE_INDEX, Meter
+from tokenmtl.metrics.edge_matching import GrowingMatching, pairs_within
+from tokenmtl.metrics.thinning import thin as thin_boundaries
 
 __all__ = ["EdgeMeter", "default_thresholds", "match_count", "thin_boundaries"]
 
@@ -59,89 +76,7 @@ def default_thresholds(count: int = 99) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Thinning (bwmorph 'thin', Lam, Lee & Suen 1992, as the BSDS benchmark applies it)
-# Neighbour bits, counter-clockwise from east: x1=E, x2=NE, x3=N, x4=NW, x5=W, x6=SW, x7=S, x8=SE.
-_NEIGHBOUR_OFFSETS = ((0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1), (1, 0), (1, 1))
-
-
-def _thinning_luts() -> tuple[np.ndarray, np.ndarray]:
-    """Deletion tables of the two sub-iterations, indexed by the 8-bit neighbourhood code.
-
-    Delete p when G1: X_H(p) = 1, G2: 2 <= min(n1, n2) <= 3, and G3 (first pass):
-    ((x2 or x3 or not x8) and x1) == 0, or G3' (second pass): ((x6 or x7 or not x4) and x5) == 0.
-    """
-    first = np.zeros(256, dtype=bool)
-    second = np.zeros(256, dtype=bool)
-    for code in range(256):
-        x = [bool((code >> i) & 1) for i in range(8)]  # x[0] = x1 ... x[7] = x8
-        nb = lambda i: x[(i - 1) % 8]  # noqa: E731 (1-based, wraps x9 = x1)
-        crossing = sum(not nb(2 * i - 1) and (nb(2 * i) or nb(2 * i + 1)) for i in range(1, 5))
-        n1 = sum(nb(2 * k - 1) or nb(2 * k) for k in range(1, 5))
-        n2 = sum(nb(2 * k) or nb(2 * k + 1) for k in range(1, 5))
-        g12 = crossing == 1 and 2 <= min(n1, n2) <= 3
-        first[code] = g12 and not ((nb(2) or nb(3) or not nb(8)) and nb(1))
-        second[code] = g12 and not ((nb(6) or nb(7) or not nb(4)) and nb(5))
-    return first, second
-
-
-_THIN_FIRST, _THIN_SECOND = _thinning_luts()
-
-
-def _neighbour_codes(maps: np.ndarray) -> np.ndarray:
-    """8-bit neighbourhood code of every pixel of a stack of binary maps (N, H, W)."""
-    padded = np.pad(maps, ((0, 0), (1, 1), (1, 1)))
-    h, w = maps.shape[1:]
-    code = np.zeros(maps.shape, dtype=np.uint8)
-    for bit, (dy, dx) in enumerate(_NEIGHBOUR_OFFSETS):
-        code |= padded[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w].astype(np.uint8) << bit
-    return code
-
-
-def thin_boundaries(maps: np.ndarray) -> np.ndarray:
-    """Thin a stack of binary maps (N, H, W) to one-pixel-wide curves (``bwmorph 'thin' inf``)."""
-    out = np.asarray(maps, dtype=bool).copy()
-    active = np.arange(len(out))
-    while active.size:
-        changed = np.zeros(active.size, dtype=bool)
-        for lut in (_THIN_FIRST, _THIN_SECOND):
-            sub = out[active]
-            delete = sub & lut[_neighbour_codes(sub)]
-            changed |= delete.reshape(len(active), -1).any(axis=1)
-            out[active] = sub & ~delete
-        active = active[changed]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # Matching
-
-
-def _pairs_within(
-    points: np.ndarray, id_map: np.ndarray, radius_sq: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """All (point, id) pairs at Euclidean distance <= the image's radius.
-
-    ``points`` (N, 3) holds (image, y, x), usually the few ground-truth pixels; ``id_map``
-    (B, H, W) the index of the other set's pixel or -1; ``radius_sq`` (B,) the squared radius per
-    image. Scans the integer offsets of the largest disc, vectorised over the points.
-    """
-    if len(points) == 0 or radius_sq.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    b, y, x = points.T
-    _, h, w = id_map.shape
-    reach = int(np.floor(np.sqrt(radius_sq.max())))
-    point_r2 = radius_sq[b]
-    sources, targets = [], []
-    for dy in range(-reach, reach + 1):
-        for dx in range(-reach, reach + 1):
-            y2, x2 = y + dy, x + dx
-            ok = (dy * dy + dx * dx <= point_r2) & (y2 >= 0) & (y2 < h) & (x2 >= 0) & (x2 < w)
-            idx = np.flatnonzero(ok)
-            found = id_map[b[idx], y2[idx], x2[idx]]
-            hit = found >= 0
-            sources.append(idx[hit])
-            targets.append(found[hit])
-    return np.concatenate(sources), np.concatenate(targets)
 
 
 def _id_map(points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -170,66 +105,54 @@ def match_count(
     size = int(max(pred_points.max(), gt_points.max())) + 1
     pred_id = _id_map(_in_image_zero(pred_points), (1, size, size))
     radius_sq = np.array([max_distance**2 * (1 + 1e-9)])
-    cols, rows = _pairs_within(_in_image_zero(gt_points), pred_id, radius_sq)
-    graph = csr_matrix(
-        (np.ones(len(rows), np.int8), (rows, cols)), shape=(len(pred_points), len(gt_points))
-    )
-    return int((maximum_bipartite_matching(graph, perm_type="column") >= 0).sum())
+    cols, rows = pairs_within(_in_image_zero(gt_points), pred_id, radius_sq)
+    graph = _PairGraph(rows, cols, len(pred_points), len(gt_points), nested=True)
+    graph.matching.add(np.arange(len(graph.candidates)))
+    return len(graph.matching.matched_rows())
 
 
-def _matched_per_copy(
-    present: np.ndarray, rows: np.ndarray, cols: np.ndarray, num_gt: int
-) -> np.ndarray:
-    """Maximum matching of every threshold copy at once, as one block-diagonal graph.
+class _PairGraph:
+    """The candidate/ground-truth pairs as a ``GrowingMatching`` over the connected candidates.
 
-    ``present`` (Tc, K) says which candidates exist at each threshold; ``rows``/``cols`` are the
-    candidate/gt pairs within tolerance. Returns the matched-candidate mask per copy (Tc, K).
-    Used with thinning, where the maps of successive thresholds are not nested.
+    Candidates without any ground-truth pixel in reach never match and are left out;
+    ``candidates`` maps the matching's rows back to candidate indices.
     """
-    copies, k = present.shape
-    copy_idx, pair_idx = np.nonzero(present[:, rows])
-    # Only vertices with an edge can match: compact them so the solver's per-phase work is O(E).
-    row_ids, row_of = np.unique(copy_idx * k + rows[pair_idx], return_inverse=True)
-    col_ids, col_of = np.unique(copy_idx * num_gt + cols[pair_idx], return_inverse=True)
-    graph = csr_matrix(
-        (np.ones(len(pair_idx), np.int8), (row_of, col_of)), shape=(len(row_ids), len(col_ids))
-    )
-    matching = maximum_bipartite_matching(graph, perm_type="column")
-    hit = np.zeros(copies * k, dtype=bool)
-    hit[row_ids[matching >= 0]] = True
-    return hit.reshape(copies, k)
+
+    def __init__(
+        self, rows: np.ndarray, cols: np.ndarray, num_candidates: int, num_gt: int, nested: bool
+    ) -> None:
+        order = np.argsort(rows, kind="stable")
+        rows, cols = rows[order], cols[order]
+        self.candidates, local = np.unique(rows, return_inverse=True)
+        counts = np.bincount(local, minlength=len(self.candidates))
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        self.row_of = np.full(num_candidates, -1, dtype=np.int64)
+        self.row_of[self.candidates] = np.arange(len(self.candidates))
+        self.matching = GrowingMatching(indptr, cols, num_gt, nested=nested)
 
 
 def _matched_nested(
-    levels: np.ndarray,
-    image_of: np.ndarray,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    num_t: int,
-    batch: int,
+    levels: np.ndarray, image_of: np.ndarray, graph: _PairGraph, num_t: int, batch: int
 ) -> np.ndarray:
     """(T, B) maximum matching sizes when the map at threshold k is {candidates: level > k}.
 
-    Thresholds are visited from high to low. The candidates matched at one threshold span all
-    candidates present there (the matchable sets form a transversal matroid), so the next
-    threshold is solved on those plus the newly present candidates only: each Hopcroft-Karp call
-    is about the size of the ground truth, not of the prediction.
+    Thresholds are visited from high to low, adding each level's candidates to one growing
+    maximum matching; matched candidates stay matched, so each level adds its newly matched.
     """
     matched = np.zeros((num_t, batch), np.int64)
-    connected = np.unique(rows)
-    graph = csr_matrix(
-        (np.ones(len(rows), np.int8), (rows, cols)),
-        shape=(len(levels), int(cols.max()) + 1),
-    )
-    by_level = {int(v): connected[levels[connected] == v] for v in np.unique(levels[connected])}
-    basis = np.zeros(0, np.int64)
-    for k in range(num_t - 1, -1, -1):
-        new = by_level.get(k + 1)
-        if new is not None:
-            active = np.concatenate([basis, new])
-            matching = maximum_bipartite_matching(graph[active], perm_type="column")
-            basis = active[matching >= 0]
-        matched[k] = np.bincount(image_of[basis], minlength=batch)
+    count = np.zeros(batch, np.int64)
+    cand_levels = levels[graph.candidates]
+    order = np.argsort(-cand_levels, kind="stable")
+    bounds = np.searchsorted(-cand_levels[order], -np.arange(num_t, 0, -1), side="right")
+    start = 0
+    for k, stop in zip(range(num_t - 1, -1, -1), bounds):
+        if stop > start:
+            new = order[start:stop]
+            graph.matching.add(new)
+            won = new[graph.matching.row_mate[new] >= 0]
+            count += np.bincount(image_of[graph.candidates[won]], minlength=batch)
+            start = stop
+        matched[k] = count
     return matched
 
 
@@ -257,7 +180,7 @@ class EdgeMeter(Meter):
     ``tolerance``: matching radius as a fraction of the valid region's diagonal (0.011 NYUD,
     0.0075 PASCAL-Context); ``thresholds``: a count (evenly spaced, BSDS) or explicit values in
     (0, 1]; ``thin``: thin each thresholded map first (BSDS), off by default as in SEISM;
-    ``max_pairs_per_call`` bounds memory when thinning (threshold maps solved per call). See the
+    ``max_pairs_per_call`` bounds memory when thinning (map pixels thinned per call). See the
     module docstring for the exact definition and how it relates to the MATLAB numbers.
     """
 
@@ -304,14 +227,10 @@ class EdgeMeter(Meter):
         diag_sq = np.where(rows.any(axis=1), height**2 + width**2, 0).astype(np.float64)
         return self.tolerance**2 * diag_sq * (1 + 1e-9)
 
-    def _thinned_presence(
-        self, prob: np.ndarray, valid: np.ndarray, cand: np.ndarray, ks: np.ndarray
-    ) -> np.ndarray:
-        """(len(ks), K) mask: candidate pixel survives thinning of the map at threshold k."""
-        b, y, x = cand.T
+    def _thinned_maps(self, prob: np.ndarray, valid: np.ndarray, ks: np.ndarray) -> np.ndarray:
+        """(len(ks), B, H, W) thinned boundary maps at thresholds ``ks``."""
         maps = (prob[None] >= self.thresholds[ks][:, None, None, None]) & valid[None]
-        thinned = thin_boundaries(maps.reshape(-1, *prob.shape[1:])).reshape(maps.shape)
-        return thinned[:, b, y, x]
+        return thin_boundaries(maps)
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:
@@ -343,26 +262,32 @@ class EdgeMeter(Meter):
         cand = np.argwhere(levels_map > 0)
         levels = levels_map[tuple(cand.T)]
         gt_points = np.argwhere(gt_edge)
-        cols, rows = _pairs_within(gt_points, _id_map(cand, gt_edge.shape), self._radius_sq(valid))
+        cols, rows = pairs_within(gt_points, _id_map(cand, gt_edge.shape), self._radius_sq(valid))
         image_of = cand[:, 0]
         if not self.thin:
             predicted = _count_by_level(image_of, levels, batch, num_t)
             if not len(rows):
                 return np.zeros_like(predicted), predicted
-            return _matched_nested(levels, image_of, rows, cols, num_t, batch), predicted
+            graph = _PairGraph(rows, cols, len(cand), len(gt_points), nested=True)
+            return _matched_nested(levels, image_of, graph, num_t, batch), predicted
         matched = np.zeros((num_t, batch), np.int64)
         predicted = np.zeros((num_t, batch), np.int64)
-        per_call = max(1, self.max_pairs_per_call // max(len(rows), len(cand), 1))
-        for start in range(0, num_t, per_call):
-            ks = np.arange(start, min(num_t, start + per_call))
-            present = self._thinned_presence(prob, valid, cand, ks)
-            if len(rows):
-                hit = _matched_per_copy(present, rows, cols, len(gt_points))
-            else:
-                hit = np.zeros_like(present)
-            for local, k in enumerate(ks):
-                predicted[k] = np.bincount(image_of[present[local]], minlength=batch)
-                matched[k] = np.bincount(image_of[hit[local]], minlength=batch)
+        graph = _PairGraph(rows, cols, len(cand), len(gt_points), nested=False)
+        was_present = np.zeros(len(graph.candidates), dtype=bool)
+        per_call = max(1, self.max_pairs_per_call // max(prob.size, 1))
+        for stop in range(num_t, 0, -per_call):  # high to low: neighbouring maps differ little
+            ks = np.arange(max(0, stop - per_call), stop)
+            thinned = self._thinned_maps(prob, valid, ks)
+            for local in range(len(ks) - 1, -1, -1):
+                k = ks[local]
+                on_map = thinned[local][tuple(cand.T)]
+                predicted[k] = np.bincount(image_of[on_map], minlength=batch)
+                present = on_map[graph.candidates]
+                graph.matching.remove(np.flatnonzero(was_present & ~present))
+                graph.matching.add(np.flatnonzero(present & ~was_present))
+                was_present = present
+                won = graph.candidates[graph.matching.matched_rows()]
+                matched[k] = np.bincount(image_of[won], minlength=batch)
         return matched, predicted
 
     def _accumulate(self, matched: np.ndarray, predicted: np.ndarray, actual: np.ndarray) -> None:

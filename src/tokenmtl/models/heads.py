@@ -30,11 +30,19 @@ class DenseHead(nn.Module):
 
 
 class PooledHead(nn.Module):
-    """A linear layer on sequence-level features (B, D): for text classification/regression."""
+    """A linear layer on sequence-level features (B, D): (B, C) logits for text classification.
 
-    def __init__(self, in_features: int, out_features: int):
+    With `squeeze=True` and one output the prediction is (B,), the shape of a scalar regression
+    target batch, so a loss never broadcasts (B, 1) against (B,) into (B, B).
+    """
+
+    def __init__(self, in_features: int, out_features: int, squeeze: bool = False):
         super().__init__()
+        if squeeze and out_features != 1:
+            raise ValueError(f"PooledHead: squeeze needs out_features == 1, got {out_features}")
         self.linear = nn.Linear(in_features, out_features)
+        self.squeeze = squeeze
 
     def forward(self, features: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
-        return self.linear(features)
+        out = self.linear(features)
+        return out.squeeze(-1) if self.squeeze else out

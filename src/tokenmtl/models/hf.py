@@ -3,8 +3,9 @@
 `transformers` is optional (the `[hf]` extra): the adapters only use the model objects they are
 given; `load_hf_model` imports it lazily. Written against transformers 5.x, where a layer is called
 as `layer(hidden_states, attention_mask)` and returns a tensor (4.x returned a tuple; both work).
-The attention mask is kept in the context as a (B, N) bool of attendable tokens and handed to the
-layers as an additive float mask (B, 1, 1, N), which the `eager` and `sdpa` attention backends read.
+The attention mask is kept in the context as a (B, N) bool of attendable tokens and, built once per
+batch (not per layer), as the additive float mask (B, 1, 1, N) that the `eager` and `sdpa` attention
+backends read (None when every token attends, as `transformers` does).
 """
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ class TextContext:
     mask: torch.Tensor          # (B', N') bool, True = real token; appended TE tokens are True
     num_prefix_tokens: int = 1  # [CLS]
     num_extra: int = 0
+    bias: Any = "from_mask"     # additive mask (B', 1, 1, N') of `mask`, None = all attend; built if not given
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bias, str):
+            object.__setattr__(self, "bias", _additive_mask(self.mask, torch.get_default_dtype()))
 
 
 def _layer_output(out: Any) -> torch.Tensor:
@@ -106,7 +112,7 @@ class HFEncoderAdapter(EncoderAdapter):
         tokens = self.hf.embeddings(**kwargs)
         mask = inputs.get("attention_mask")
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(torch.bool)
-        return tokens, TextContext(mask=mask)
+        return tokens, TextContext(mask=mask, bias=_additive_mask(mask, tokens.dtype))
 
     def _embed_image(self, inputs: Any) -> tuple[torch.Tensor, VisionContext]:
         if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
@@ -126,18 +132,26 @@ class HFEncoderAdapter(EncoderAdapter):
             if ctx.mask.shape != tokens.shape[:2]:
                 raise ValueError(f"attention mask {tuple(ctx.mask.shape)} does not fit tokens "
                                  f"{tuple(tokens.shape[:2])} at block {index}")
-            return _layer_output(self.blocks[index](tokens, _additive_mask(ctx.mask, tokens.dtype)))
+            bias = ctx.bias
+            if bias is not None and bias.dtype != tokens.dtype:
+                bias = _additive_mask(ctx.mask, tokens.dtype)
+            return _layer_output(self.blocks[index](tokens, bias))
         return _layer_output(self.blocks[index](tokens))
 
     def repeat_ctx(self, ctx: Any, times: int) -> Any:
         if isinstance(ctx, TextContext):
-            return replace(ctx, mask=ctx.mask.repeat(times, 1))
+            bias = None if ctx.bias is None else ctx.bias.repeat(times, 1, 1, 1)
+            return replace(ctx, mask=ctx.mask.repeat(times, 1), bias=bias)
         return ctx
 
     def extend_ctx(self, ctx: Any, num_extra: int) -> Any:
         if isinstance(ctx, TextContext):
             extra = torch.ones(ctx.mask.shape[0], num_extra, dtype=torch.bool, device=ctx.mask.device)
-            return replace(ctx, mask=torch.cat([ctx.mask, extra], dim=1), num_extra=ctx.num_extra + num_extra)
+            bias = ctx.bias
+            if bias is not None:  # appended tokens are attended: zeros in the additive mask
+                bias = torch.cat([bias, bias.new_zeros(*bias.shape[:3], num_extra)], dim=3)
+            return replace(ctx, mask=torch.cat([ctx.mask, extra], dim=1), bias=bias,
+                           num_extra=ctx.num_extra + num_extra)
         return replace(ctx, num_extra=ctx.num_extra + num_extra)
 
     def token_mask(self, ctx: Any) -> torch.Tensor | None:

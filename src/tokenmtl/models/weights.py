@@ -180,6 +180,9 @@ def _download_from_hub(name: str) -> Path:
 def pretrained_path(name: str, pretrained: bool, weights: str | Path | None) -> Path | None:
     """Where the backbone weights come from: `weights` if given, else timm's hub when
     `pretrained`, else None. Offline without `weights`: a WeightsError saying how to provide them."""
+    if isinstance(weights, str) and weights.startswith("pretrained:"):  # built locally, cached
+        from tokenmtl.pretrain import resolve_weights
+        return resolve_weights(weights)
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():

@@ -66,3 +66,34 @@ def plot_spectra(report: Any, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_conflict_change(change: Any, path: str | Path) -> Path:
+    """Range (left) and null (right) conflict rate per layer, before vs after training (paper Table 14).
+
+    `change` is a `report.conflict_change.ConflictChange`; TM layers are marked 'M', TE layers 'E'.
+    """
+    layers = [lc.layer for lc in change.layers]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.0 * len(layers) + 4), 4), sharey=True)
+    width = 0.4
+    for ax, space, marked, mark in ((axes[0], "range", change.tm, "M"), (axes[1], "null", change.te, "E")):
+        before = [getattr(lc, f"{space}_before") for lc in change.layers]
+        after = [getattr(lc, f"{space}_after") for lc in change.layers]
+        ax.bar([x - width / 2 for x in layers], before, width, label=change.labels[0], color="tab:gray")
+        ax.bar([x + width / 2 for x in layers], after, width, label=change.labels[1],
+               color="tab:blue" if space == "range" else "tab:orange")
+        top = max(before + after + [0.0])
+        for x in marked:
+            ax.annotate(mark, (x, top * 1.03), ha="center", fontweight="bold")
+        ax.set_ylim(0.0, min(1.0, top * 1.12) if top > 0 else 1.0)
+        ax.set_xticks(layers)
+        ax.set_xlabel("layer (tokens entering block)")
+        ax.set_title(f"{space}-space conflicts: mean {change.mean(space, 'before'):.3f} -> "
+                     f"{change.mean(space, 'after'):.3f}", fontsize=9)
+        ax.legend(loc="lower right", fontsize=8)
+    axes[0].set_ylabel("conflict rate (token, task pair)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

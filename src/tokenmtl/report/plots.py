@@ -12,19 +12,13 @@ from tokenmtl.report.table import Row  # noqa: E402
 
 
 def plot_comparison(rows: list[Row], tasks: list[str], primary: dict[str, tuple[str, bool]], path: str | Path) -> None:
-    """Left: relative change of each task's primary metric vs ST (positive = better); right: delta-m."""
-    st = next((r for r in rows if r.label == "ST"), None)
-    others = [r for r in rows if r.label != "ST"]
+    """Left: each row's mean change of every task's primary metric vs its ST reference, % (positive =
+    better); right: delta-m (mean ± std over seeds)."""
+    others = [r for r in rows if r.kind != "ST"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     width = 0.8 / max(len(others), 1)
     for i, row in enumerate(others):
-        values = []
-        for t in tasks:
-            if st is None or t not in st.metrics or t not in row.metrics or st.metrics[t][0] == 0:
-                values.append(0.0)
-                continue
-            sign = -1.0 if primary[t][1] else 1.0
-            values.append(100.0 * sign * (row.metrics[t][0] - st.metrics[t][0]) / abs(st.metrics[t][0]))
+        values = [row.task_change.get(t, 0.0) for t in tasks]
         ax1.bar([j + i * width for j in range(len(tasks))], values, width, label=row.label)
     ax1.axhline(0, color="black", linewidth=0.8)
     ax1.set_xticks([j + width * (len(others) - 1) / 2 for j in range(len(tasks))])
