@@ -19,10 +19,12 @@ demo: $(STAMP)
 	$(VENV)/bin/tokenmtl demo --out runs/demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest -q
 
 compare: $(STAMP)
-	$(VENV)/bin/tokenmtl sweep configs/demo.yaml --out runs/sweep
+	$(VENV)/bin/tokenmtl sweep configs/demo.yaml --dtme --out runs/sweep
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,6 +9,7 @@ task gradients (`grad_mode` loop / batched) for one gradient method.
 
     python benchmarks/balancing_overhead.py --out benchmarks/results/balancing_overhead.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,7 @@ from tokenmtl.engine.trainer import Trainer
 
 def build(method: str, sets: list[str], folder: Path) -> tuple[Trainer, dict]:
     """A demo-config trainer for `method` and one training batch."""
-    cfg = load_config("demo", overrides=sets + [f"method.name={method}", "log.progress=false",
-                                                  "log.tensorboard=false"])
+    cfg = load_config("demo", overrides=sets + [f"method.name={method}", "log.progress=false", "log.tensorboard=false"])
     trainer = Trainer(cfg, folder / method, progress=False)
     batch = move_batch(next(iter(trainer._loader(0))), trainer.device)
     return trainer, batch
@@ -74,10 +74,16 @@ def main() -> None:
     median = {m: statistics.median(t) for m, t in times.items()}
     result = {
         "benchmark": "balancing_overhead",
-        "setup": {"config": "demo", "overrides": args.sets, "threads": args.threads, "rounds": args.rounds,
-                  "steps_per_round": args.steps, "tasks": runs["ew"][0].tasks,
-                  "batch_size": runs["ew"][0].cfg["train"]["batch_size"],
-                  "shared_params": sum(p.numel() for p in runs["ew"][0].model.shared_parameters())},
+        "setup": {
+            "config": "demo",
+            "overrides": args.sets,
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "steps_per_round": args.steps,
+            "tasks": runs["ew"][0].tasks,
+            "batch_size": runs["ew"][0].cfg["train"]["batch_size"],
+            "shared_params": sum(p.numel() for p in runs["ew"][0].model.shared_parameters()),
+        },
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "cpu_threads": args.threads},
         "seconds_per_step_min": best,
         "seconds_per_step_median": median,

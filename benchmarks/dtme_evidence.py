@@ -6,14 +6,17 @@ and restarted. At the end it writes `<out>/table.md` + `table.png` (`tokenmtl.re
 `<out>/weights.png` when the runs logged `weight/<task>` or `dtme_norm/<task>`, and
 `<out>/commands.md` with the equivalent `tokenmtl train` command of every run.
 
-Equal budgets: DTME restarts the LR schedule after expansion (`dtme.post_iterations: full`), so a
-DTME run executes round(expand_at * N) + N iterations. Runs without DTME (ST, EW, DB-MTL, FAMO) are
-given that many iterations too, so every row of the table has the same budget; the empty-plan
-control (DTME schedule, no added parameters) separates the effect of the schedule from TM/TE.
+Equal budgets: with the default `dtme.post_iterations: remaining` a DTME run executes
+`train.iterations` in total, like its baseline; with `full` (the paper's timing study) it executes
+round(expand_at * N) + N, and the runs without DTME (ST, EW, DB-MTL, FAMO) are then given that many
+iterations too, so every row of the table has the same budget. The empty-plan control
+(`dtme.mode: none`: the same analysis and schedule, no added parameters) separates the effect of
+the DTME schedule and analysis from TM/TE.
 
     python benchmarks/dtme_evidence.py --config demo --seeds 3 --out runs/evidence
     python benchmarks/dtme_evidence.py --seeds 2 --variants st,mt-ew,mt-ew-tmte --dry-run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +33,7 @@ DTME_ON = ["dtme.enabled=true"]
 VARIANTS: dict[str, list[str]] = {
     "st": ["method.name=ew"],
     "mt-ew": ["method.name=ew"],
-    "mt-ew-empty-plan": ["method.name=ew", *DTME_ON, "dtme.ratio=EMPTY"],
+    "mt-ew-empty-plan": ["method.name=ew", *DTME_ON, "dtme.mode=none"],
     "mt-ew-tm": ["method.name=ew", *DTME_ON, "dtme.mode=tm", "dtme.strategy=conflict"],
     "mt-ew-te": ["method.name=ew", *DTME_ON, "dtme.mode=te", "dtme.strategy=conflict"],
     "mt-ew-tmte": ["method.name=ew", *DTME_ON, "dtme.mode=both", "dtme.strategy=conflict"],
@@ -43,21 +46,11 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def empty_plan_ratio() -> float:
-    """A dtme.ratio that selects no layer: 0 where the config accepts it (make_plan does), else 1e-6,
-    since make_plan picks round(ratio * L) layers, which is 0 for any L below 500,000."""
-    try:
-        load_config(None, ["dtme.ratio=0"])
-        return 0.0
-    except ConfigError:
-        return 1e-6
-
-
 def variant_sets(name: str) -> list[str]:
-    """The variant's --set overrides (the empty-plan ratio filled in)."""
+    """The variant's --set overrides."""
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; variants: {', '.join(VARIANTS)}")
-    return [s.replace("EMPTY", f"{empty_plan_ratio():g}") for s in VARIANTS[name]]
+    return list(VARIANTS[name])
 
 
 @dataclass
@@ -121,9 +114,18 @@ def command_of(config: str, run: PlannedRun) -> str:
 
 def write_commands(config: str, runs: list[PlannedRun], out: Path, argv: list[str]) -> Path:
     """commands.md: the driver invocation, then one `tokenmtl train` command per run."""
-    lines = ["# DTME evidence: commands", "", "Driver:", "", "```bash",
-             shlex.join(["python", "benchmarks/dtme_evidence.py", *argv]), "```", "",
-             "Each run (equivalent command line; the driver calls `tokenmtl.engine.trainer.train`):", ""]
+    lines = [
+        "# DTME evidence: commands",
+        "",
+        "Driver:",
+        "",
+        "```bash",
+        shlex.join(["python", "benchmarks/dtme_evidence.py", *argv]),
+        "```",
+        "",
+        "Each run (equivalent command line; the driver calls `tokenmtl.engine.trainer.train`):",
+        "",
+    ]
     for run in runs:
         lines += [f"- `{run.variant}` seed {run.seed}:", "", "  ```bash", f"  {command_of(config, run)}", "  ```"]
     path = out / "commands.md"
@@ -161,9 +163,9 @@ def write_report(runs: list[PlannedRun], out: Path) -> str:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'3' -> [0, 1, 2]; '0,2' -> [0, 2]."""
+    """'3' -> [0, 1, 2]; '0,2' -> [0, 2]; '1,' -> [1] (a list of one seed)."""
     try:
-        seeds = [int(s) for s in text.split(",")] if "," in text else list(range(int(text)))
+        seeds = [int(s) for s in text.split(",") if s.strip()] if "," in text else list(range(int(text)))
     except ValueError:
         raise ValueError(f"--seeds takes a count (3) or a list (0,2); got {text!r}") from None
     if not seeds or min(seeds) < 0:
@@ -184,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
-        variants = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",") if v.strip()]
+        variants = (
+            list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",") if v.strip()]
+        )
         for name in variants:
             variant_sets(name)  # unknown names fail before anything runs
         runs = plan_runs(args.config, seeds, variants, args.sets, args.out)
@@ -193,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     todo = [r for r in runs if not r.done]
     budget = equal_budget(args.config, args.sets)
-    print(f"{len(runs)} runs ({len(variants)} variants x {len(seeds)} seeds, ST per task), {len(todo)} to train, "
-          f"{len(runs) - len(todo)} done; every run {budget} iterations -> {args.out}")
+    print(
+        f"{len(runs)} runs ({len(variants)} variants x {len(seeds)} seeds, ST per task), {len(todo)} to train, "
+        f"{len(runs) - len(todo)} done; every run {budget} iterations -> {args.out}"
+    )
     if args.dry_run:
         for run in runs:
             state = "done" if run.done else "resume" if run.resumable else "todo"

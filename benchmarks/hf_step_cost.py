@@ -18,18 +18,18 @@ rounds of the paired ratio tokenmtl_ew / plain_ew (target: <= 1.05), with the mi
 the CPU-time ratio beside it. `forward_only` isolates the adapter (the only code that differs in
 an EW step besides the driver): the two models' forward passes, no grad, timed the same way.
 """
+
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -65,14 +65,26 @@ def text_items(n: int, seed: int = 0) -> list[dict]:
     subjects = ["the cat", "a dog", "my neighbour", "the old man", "a small child", "the teacher"]
     verbs = ["likes", "hates", "sees", "paints", "buys", "finds"]
     objects = ["the red car", "a green apple", "the big house", "a quiet river", "the new phone"]
-    tails = ["near the station", "every morning before work", "with a friend", "in the rain",
-             "although nobody asked for it", "because the weather was nice and warm"]
+    tails = [
+        "near the station",
+        "every morning before work",
+        "with a friend",
+        "in the rain",
+        "although nobody asked for it",
+        "because the weather was nice and warm",
+    ]
     items = []
     for _ in range(n):
         words = f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}"
         words += "".join(f" {rng.choice(tails)}" for _ in range(rng.randint(0, 4)))
-        items.append({"text": words + ".", "topic": torch.tensor(rng.randrange(3)),
-                      "sentiment": torch.tensor(rng.randrange(2)), "score": torch.tensor(rng.gauss(0, 1))})
+        items.append(
+            {
+                "text": words + ".",
+                "topic": torch.tensor(rng.randrange(3)),
+                "sentiment": torch.tensor(rng.randrange(2)),
+                "score": torch.tensor(rng.gauss(0, 1)),
+            }
+        )
     return items
 
 
@@ -98,8 +110,9 @@ class PlainModel(nn.Module):
 def plain_model(tokenmtl_model: MultiTaskModel) -> PlainModel:
     import transformers
 
-    hf = transformers.AutoModel.from_pretrained(str(resolve_model_dir(MODEL)), local_files_only=True,
-                                                attn_implementation="sdpa")
+    hf = transformers.AutoModel.from_pretrained(
+        str(resolve_model_dir(MODEL)), local_files_only=True, attn_implementation="sdpa"
+    )
     hf.pooler = None
     heads = {}
     for t in TASKS:
@@ -117,6 +130,7 @@ def plain_step(model: PlainModel, batch: dict, inputs: dict) -> Callable[[], Non
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
     return step
 
 
@@ -130,6 +144,7 @@ def tokenmtl_step(model: MultiTaskModel, method: str, batch: dict) -> Callable[[
         optimizer.zero_grad()
         driver.backward(losses)
         optimizer.step()
+
     return step
 
 
@@ -137,6 +152,7 @@ def no_grad(fn: Callable[[], object]) -> Callable[[], None]:
     def call() -> None:
         with torch.no_grad():
             fn()
+
     return call
 
 
@@ -153,12 +169,16 @@ def build_variants(cfg: dict, batch: dict) -> tuple[dict[str, Callable[[], None]
     plan = make_plan(report, ratio=0.5, mode="both")
     expand(dtme, plan)
     dtme.train()
-    forward = {"plain_ew": no_grad(lambda: plain(plain_inputs)),
-               "tokenmtl_ew": no_grad(lambda: ew(MultiTaskModel.inputs_from_batch(batch)))}
-    variants = {"plain_ew": plain_step(plain, batch, plain_inputs),
-                "tokenmtl_ew": tokenmtl_step(ew, "ew", batch),
-                "tokenmtl_dbmtl": tokenmtl_step(dbmtl, "dbmtl", batch),
-                "tokenmtl_ew_dtme": tokenmtl_step(dtme, "ew", batch)}
+    forward = {
+        "plain_ew": no_grad(lambda: plain(plain_inputs)),
+        "tokenmtl_ew": no_grad(lambda: ew(MultiTaskModel.inputs_from_batch(batch))),
+    }
+    variants = {
+        "plain_ew": plain_step(plain, batch, plain_inputs),
+        "tokenmtl_ew": tokenmtl_step(ew, "ew", batch),
+        "tokenmtl_dbmtl": tokenmtl_step(dbmtl, "dbmtl", batch),
+        "tokenmtl_ew_dtme": tokenmtl_step(dtme, "ew", batch),
+    }
     return variants, forward, {"tm": list(plan.tm), "te": list(plan.te), "num_tokens": plan.num_tokens}
 
 
@@ -171,7 +191,7 @@ def time_rounds(variants: dict[str, Callable[[], None]], rounds: int, warmup: in
     wall = {n: [] for n in names}
     cpu = {n: [] for n in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             start, start_cpu = time.perf_counter(), time.process_time()
             variants[name]()
@@ -185,7 +205,8 @@ def summarise(times: dict[str, dict]) -> dict:
     out: dict = {"steps": {}}
     for name, t in times.items():
         out["steps"][name] = {
-            "median_s": statistics.median(t["wall_s"]), "min_s": min(t["wall_s"]),
+            "median_s": statistics.median(t["wall_s"]),
+            "min_s": min(t["wall_s"]),
             "cpu_median_s": statistics.median(t["cpu_s"]),
             "ratio_to_plain_ew": statistics.median(a / b for a, b in zip(t["wall_s"], base["wall_s"])),
             "min_ratio_to_plain_ew": min(t["wall_s"]) / min(base["wall_s"]),
@@ -210,21 +231,34 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
-    cfg = {"family": "hf", "name": MODEL, "pooling": "mean", "attn_implementation": "sdpa",
-           "max_length": args.max_length}
+    cfg = {
+        "family": "hf",
+        "name": MODEL,
+        "pooling": "mean",
+        "attn_implementation": "sdpa",
+        "max_length": args.max_length,
+    }
     batch = build_collate(cfg)(text_items(args.batch_size))
     variants, forward, plan = build_variants(cfg, batch)
     times = time_rounds(variants, args.rounds, args.warmup)
     forward_times = time_rounds(forward, 2 * args.rounds, args.warmup)
     result = {
-        "device": "cpu", "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
-        "model": MODEL, "tasks": TASKS, "batch_size": args.batch_size,
+        "device": "cpu",
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "model": MODEL,
+        "tasks": TASKS,
+        "batch_size": args.batch_size,
         "tokens_per_text": int(batch["input_ids"].shape[1]),
         "padding_fraction": 1.0 - float(batch["attention_mask"].float().mean()),
-        "optimizer": "AdamW", "dtme_plan": plan, "rounds": args.rounds, "warmup": args.warmup,
+        "optimizer": "AdamW",
+        "dtme_plan": plan,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
         "definition": "wall time of one training step (forward, losses, backward, AdamW step) on one "
-                      "tokenized batch; ratios are medians over interleaved rounds of the paired ratio "
-                      "to plain_ew (a transformers forward + mean pooling + the same linear heads)",
+        "tokenized batch; ratios are medians over interleaved rounds of the paired ratio "
+        "to plain_ew (a transformers forward + mean pooling + the same linear heads)",
         **summarise(times),
         "forward_only": summarise(forward_times)["steps"],
         "raw": times,
@@ -232,12 +266,16 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for name, s in result["steps"].items():
-        print(f"{name:18s} median {1e3 * s['median_s']:7.1f} ms  min {1e3 * s['min_s']:7.1f} ms  "
-              f"x plain_ew {s['ratio_to_plain_ew']:.3f} (min/min {s['min_ratio_to_plain_ew']:.3f}, "
-              f"cpu {s['cpu_ratio_to_plain_ew']:.3f})")
+        print(
+            f"{name:18s} median {1e3 * s['median_s']:7.1f} ms  min {1e3 * s['min_s']:7.1f} ms  "
+            f"x plain_ew {s['ratio_to_plain_ew']:.3f} (min/min {s['min_ratio_to_plain_ew']:.3f}, "
+            f"cpu {s['cpu_ratio_to_plain_ew']:.3f})"
+        )
     fwd = result["forward_only"]["tokenmtl_ew"]
-    print(f"forward only: tokenmtl / plain {fwd['ratio_to_plain_ew']:.3f} (min/min {fwd['min_ratio_to_plain_ew']:.3f}, "
-          f"cpu {fwd['cpu_ratio_to_plain_ew']:.3f})")
+    print(
+        f"forward only: tokenmtl / plain {fwd['ratio_to_plain_ew']:.3f} (min/min {fwd['min_ratio_to_plain_ew']:.3f}, "
+        f"cpu {fwd['cpu_ratio_to_plain_ew']:.3f})"
+    )
 
 
 if __name__ == "__main__":

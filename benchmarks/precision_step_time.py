@@ -11,6 +11,7 @@ and the median over rounds, and the ratio bf16 / fp32 of the minima (> 1: bf16 i
 
 Writes benchmarks/results/precision_step_time.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,13 @@ def demo_batch(size: int, batch: int, classes: int, seed: int = 0) -> dict[str, 
     """Random inputs and valid targets with the scenes shapes."""
     gen = torch.Generator().manual_seed(seed)
     normals = torch.randn(batch, 3, size, size, generator=gen)
-    return {"image": torch.randn(batch, 3, size, size, generator=gen),
-            "semseg": torch.randint(0, classes, (batch, size, size), generator=gen),
-            "depth": torch.rand(batch, 1, size, size, generator=gen) * 10 + 0.1,
-            "normals": normals / normals.norm(dim=1, keepdim=True),
-            "edge": (torch.rand(batch, 1, size, size, generator=gen) > 0.9).float()}
+    return {
+        "image": torch.randn(batch, 3, size, size, generator=gen),
+        "semseg": torch.randint(0, classes, (batch, size, size), generator=gen),
+        "depth": torch.rand(batch, 1, size, size, generator=gen) * 10 + 0.1,
+        "normals": normals / normals.norm(dim=1, keepdim=True),
+        "edge": (torch.rand(batch, 1, size, size, generator=gen) > 0.9).float(),
+    }
 
 
 def make_step(method: str, precision: Precision, cfg: dict, batch: dict[str, torch.Tensor]):
@@ -95,11 +98,22 @@ def main() -> None:
     }
     result = {
         "benchmark": "precision_step_time",
-        "setup": {"config": "demo", "model": {k: cfg["model"][k] for k in ("depth", "embed_dim", "img_size", "patch_size")},
-                  "batch_size": batch_size, "threads": 1, "rounds": args.rounds, "steps_per_round": args.steps,
-                  "optimizer": "adam", "inputs": "random tensors with the scenes shapes"},
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "setup": {
+            "config": "demo",
+            "model": {k: cfg["model"][k] for k in ("depth", "embed_dim", "img_size", "patch_size")},
+            "batch_size": batch_size,
+            "threads": 1,
+            "rounds": args.rounds,
+            "steps_per_round": args.steps,
+            "optimizer": "adam",
+            "inputs": "random tensors with the scenes shapes",
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
         "seconds_per_step": times,
         "summary": summary,
     }

@@ -10,6 +10,7 @@ steps, `--steps` steps are timed between two barriers; rank 0 reports the time.
 
     python benchmarks/scaling.py --out benchmarks/results/scaling.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,14 @@ import torch.multiprocessing as mp
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "scaling.json"
 # The demo model and data; a small train split, since only the step speed is measured.
-DEMO_SETS = ["benchmark.train_size=256", "benchmark.val_size=8", "benchmark.test_size=8",
-             "log.tensorboard=false", "log.progress=false", "train.iterations=100000"]
+DEMO_SETS = [
+    "benchmark.train_size=256",
+    "benchmark.val_size=8",
+    "benchmark.test_size=8",
+    "log.tensorboard=false",
+    "log.progress=false",
+    "train.iterations=100000",
+]
 
 
 def _free_port() -> int:
@@ -37,12 +44,29 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, world: int, threads: int, port: int, method: str, batch: int, warmup: int, steps: int,
-            sets: list[str], report: str) -> None:
+def _worker(
+    rank: int,
+    world: int,
+    threads: int,
+    port: int,
+    method: str,
+    batch: int,
+    warmup: int,
+    steps: int,
+    sets: list[str],
+    report: str,
+) -> None:
     """One process: build the run like `tokenmtl train`, time `steps` training steps."""
     torch.set_num_threads(threads)
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     from tokenmtl.config import load_config
     from tokenmtl.engine.distributed import DistContext
     from tokenmtl.engine.evaluate import move_batch
@@ -68,38 +92,56 @@ def _worker(rank: int, world: int, threads: int, port: int, method: str, batch: 
         dist.close()
 
 
-def measure(method: str, world: int, threads: int, global_batch: int, warmup: int, steps: int,
-            sets: list[str]) -> dict[str, Any]:
+def measure(
+    method: str, world: int, threads: int, global_batch: int, warmup: int, steps: int, sets: list[str]
+) -> dict[str, Any]:
     """Steps/s of `world` processes with `threads` intra-op threads each at `global_batch`."""
     if global_batch % world:
         raise ValueError(f"the global batch {global_batch} must divide among {world} processes")
     batch = global_batch // world
     with tempfile.TemporaryDirectory() as tmp:
         report = str(Path(tmp) / "report.json")
-        mp.start_processes(_worker, nprocs=world, join=True, start_method="spawn",
-                           args=(world, threads, _free_port(), method, batch, warmup, steps, sets, report))
+        mp.start_processes(
+            _worker,
+            nprocs=world,
+            join=True,
+            start_method="spawn",
+            args=(world, threads, _free_port(), method, batch, warmup, steps, sets, report),
+        )
         seconds = json.loads(Path(report).read_text())["seconds"]
-    return {"method": method, "processes": world, "threads_per_process": threads, "per_process_batch": batch,
-            "global_batch": global_batch, "steps": steps, "seconds": round(seconds, 3),
-            "steps_per_s": round(steps / seconds, 3), "samples_per_s": round(steps * global_batch / seconds, 2)}
+    return {
+        "method": method,
+        "processes": world,
+        "threads_per_process": threads,
+        "per_process_batch": batch,
+        "global_batch": global_batch,
+        "steps": steps,
+        "seconds": round(seconds, 3),
+        "steps_per_s": round(steps / seconds, 3),
+        "samples_per_s": round(steps * global_batch / seconds, 2),
+    }
 
 
 def note(cores: int, load: float) -> str:
     """What the figures can and cannot show on this machine."""
     half = max(1, cores // 2)
-    text = (f"One machine, {cores} CPU cores: '1x{cores}' is 1 process with {cores} intra-op threads on the "
-            f"whole batch, '2x{half}' is 2 processes with {half} thread(s) each on half the batch, "
-            "all-reducing gradients and batch-norm sums over gloo, '1x1' is the one-core reference. The "
-            f"'1x{cores}' and '2x{half}' layouts use the same cores for the same arithmetic, so their ratio "
-            "weighs the cost of the all-reduces and of half-size matrices per process against torch's "
-            "intra-op threading; it is not a speed-up from added hardware and says nothing about "
-            "multi-GPU or multi-node runs, which this machine cannot measure. '2x1' over '1x1' is what a "
-            "second core buys through a second process.")
+    text = (
+        f"One machine, {cores} CPU cores: '1x{cores}' is 1 process with {cores} intra-op threads on the "
+        f"whole batch, '2x{half}' is 2 processes with {half} thread(s) each on half the batch, "
+        "all-reducing gradients and batch-norm sums over gloo, '1x1' is the one-core reference. The "
+        f"'1x{cores}' and '2x{half}' layouts use the same cores for the same arithmetic, so their ratio "
+        "weighs the cost of the all-reduces and of half-size matrices per process against torch's "
+        "intra-op threading; it is not a speed-up from added hardware and says nothing about "
+        "multi-GPU or multi-node runs, which this machine cannot measure. '2x1' over '1x1' is what a "
+        "second core buys through a second process."
+    )
     if load > cores:
-        text += (f" The machine was shared and loaded (1-minute load average {load:.1f} on {cores} cores): "
-                 "runs whose threads must meet at every parallel op ('1x' with several threads) suffer most "
-                 "from oversubscription, so compare the '2x' rows with '1x1' rather than with the "
-                 "multi-threaded row, and rerun on an idle machine for clean figures.")
+        text += (
+            f" The machine was shared and loaded (1-minute load average {load:.1f} on {cores} cores): "
+            "runs whose threads must meet at every parallel op ('1x' with several threads) suffer most "
+            "from oversubscription, so compare the '2x' rows with '1x1' rather than with the "
+            "multi-threaded row, and rerun on an idle machine for clean figures."
+        )
     return text
 
 
@@ -108,8 +150,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--methods", default="ew,dbmtl", help="comma-separated balancing methods")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="CPU cores the runs may use")
-    parser.add_argument("--layouts", default=None,
-                        help="comma-separated PROCESSESxTHREADS (default: 1xC, 1x1, 2x(C/2) for C cores)")
+    parser.add_argument(
+        "--layouts", default=None, help="comma-separated PROCESSESxTHREADS (default: 1xC, 1x1, 2x(C/2) for C cores)"
+    )
     parser.add_argument("--global-batch", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
@@ -132,22 +175,32 @@ def main() -> None:
             results.append(row)
     speedup = {}  # relative to 1 process using every core
     for method in args.methods.split(","):
-        rows = {f"{r['processes']}x{r['threads_per_process']}": r["steps_per_s"] for r in results
-                if r["method"] == method}
+        rows = {
+            f"{r['processes']}x{r['threads_per_process']}": r["steps_per_s"] for r in results if r["method"] == method
+        }
         base = rows.get(f"1x{args.cores}")
         if base:
             speedup[method] = {k: round(v / base, 3) for k, v in rows.items()}
     payload = {
         "benchmark": "scaling",
         "what": "steps/s of Trainer.train_step on the demo model (scenes, ViT-6x192, 64x64, 4 tasks), "
-                "same global batch split over N gloo processes on CPU",
+        "same global batch split over N gloo processes on CPU",
         "results": results,
         "speedup_vs_1_process_all_cores": speedup,
-        "machine": {"cpu_count": os.cpu_count(), "cores_used": args.cores, "platform": platform.platform(),
-                    "load_average_after": [round(v, 2) for v in os.getloadavg()],
-                    "python": platform.python_version(), "torch": torch.__version__},
-        "settings": {"warmup": args.warmup, "steps": args.steps, "global_batch": args.global_batch,
-                     "sets": DEMO_SETS + args.sets},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "cores_used": args.cores,
+            "platform": platform.platform(),
+            "load_average_after": [round(v, 2) for v in os.getloadavg()],
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "settings": {
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "global_batch": args.global_batch,
+            "sets": DEMO_SETS + args.sets,
+        },
         "note": note(args.cores, os.getloadavg()[0]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,12 +32,17 @@ def time_generation(count: int, size: int, workers: int) -> tuple[dict, dict[str
     CPU time per image stays meaningful when other jobs share the cores; wall time does not.
     """
     start, cpu_start = time.perf_counter(), cpu_seconds()
-    arrays = generate_split(SceneConfig(), (size, size), seed=0, split="train", count=count,
-                            workers=workers, progress=False)
+    arrays = generate_split(
+        SceneConfig(), (size, size), seed=0, split="train", count=count, workers=workers, progress=False
+    )
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
-    return {"workers": workers, "seconds": round(seconds, 3), "images_per_s": round(count / seconds, 1),
-            "cpu_ms_per_image": round(1000 * cpu / count, 2),
-            "megabytes": round(sum(a.nbytes for a in arrays.values()) / 1e6, 1)}, arrays
+    return {
+        "workers": workers,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(count / seconds, 1),
+        "cpu_ms_per_image": round(1000 * cpu / count, 2),
+        "megabytes": round(sum(a.nbytes for a in arrays.values()) / 1e6, 1),
+    }, arrays
 
 
 def time_cache(arrays: dict[str, np.ndarray]) -> dict:
@@ -66,8 +71,10 @@ def main() -> None:
     for workers in args.workers:
         run, arrays = time_generation(args.count, args.size, workers)
         runs.append(run)
-        print(f"workers={workers}: {run['seconds']} s, {run['images_per_s']} images/s, "
-              f"{run['cpu_ms_per_image']} CPU ms/image")
+        print(
+            f"workers={workers}: {run['seconds']} s, {run['images_per_s']} images/s, "
+            f"{run['cpu_ms_per_image']} CPU ms/image"
+        )
     best = min(runs, key=lambda r: r["seconds"])
     result = {
         "benchmark": "scenes_generation",

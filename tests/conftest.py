@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny scenes config that trains in seconds on a CPU."""
+
 import os
 
 import pytest
@@ -7,10 +8,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 TINY_SETS = [
-    "benchmark.image_size=32", "benchmark.train_size=48", "benchmark.val_size=16", "benchmark.test_size=16",
-    "model.img_size=32", "model.patch_size=8", "model.depth=2", "model.embed_dim=32", "model.num_heads=2",
-    "train.iterations=6", "train.batch_size=4", "train.eval_every=3", "train.checkpoint_every=3",
-    "eval.batch_size=16", "log.tensorboard=false", "log.progress=false",
+    "benchmark.image_size=32",
+    "benchmark.train_size=48",
+    "benchmark.val_size=16",
+    "benchmark.test_size=16",
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.depth=2",
+    "model.embed_dim=32",
+    "model.num_heads=2",
+    "train.iterations=6",
+    "train.batch_size=4",
+    "train.eval_every=3",
+    "train.checkpoint_every=3",
+    "eval.batch_size=16",
+    "log.tensorboard=false",
+    "log.progress=false",
 ]
 
 

@@ -3,6 +3,7 @@
 Each writer fills `root` with a few random samples per split and returns the dataset folder.
 Reusable by any test (e.g. an end-to-end `tokenmtl train ... --data-root FIXTURE` run).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,9 @@ def nyud_ids(n_train: int = 3, n_val: int = 2) -> tuple[list[str], list[str]]:
     return [f"{i:04d}" for i in range(n_train)], [f"{i:04d}" for i in range(n_train, n_train + n_val)]
 
 
-def write_nyud(root: str | Path, n_train: int = 3, n_val: int = 2, size: tuple[int, int] = (32, 40),
-               seed: int = 0) -> Path:
+def write_nyud(
+    root: str | Path, n_train: int = 3, n_val: int = 2, size: tuple[int, int] = (32, 40), seed: int = 0
+) -> Path:
     """`root/NYUDv2` in the ATRC layout: segmentation 0..40 (0 unlabelled), depth .npy with zeros."""
     rng = np.random.default_rng(seed)
     base = Path(root) / "NYUDv2"
@@ -65,25 +67,37 @@ def write_part_annotation(path: Path, image_id: str, objects: list[dict]) -> Non
     rows = []
     for obj in objects:
         parts = obj.get("parts", {})
-        part_arr = (_struct(["part_name", "mask"], [(n, m.astype(np.uint8)) for n, m in parts.items()])
-                    if parts else np.zeros((0, 0)))
-        rows.append((obj["class"], np.array([[obj["class_ind"]]], dtype=np.uint8),
-                     obj["mask"].astype(np.uint8), part_arr))
+        part_arr = (
+            _struct(["part_name", "mask"], [(n, m.astype(np.uint8)) for n, m in parts.items()])
+            if parts
+            else np.zeros((0, 0))
+        )
+        rows.append(
+            (obj["class"], np.array([[obj["class_ind"]]], dtype=np.uint8), obj["mask"].astype(np.uint8), part_arr)
+        )
     objects_arr = _struct(["class", "class_ind", "mask", "parts"], rows)
     anno = np.zeros((1, 1), dtype=[("imname", object), ("objects", object)])
     anno[0, 0] = (image_id, objects_arr)
     savemat(path, {"anno": anno})
 
 
-def write_pascal(root: str | Path, n_train: int = 3, n_val: int = 2, size: tuple[int, int] = (24, 32),
-                 seed: int = 0) -> Path:
+def write_pascal(
+    root: str | Path, n_train: int = 3, n_val: int = 2, size: tuple[int, int] = (24, 32), seed: int = 0
+) -> Path:
     """`root/PASCALContext` in the ASTMT layout. The first image of each split has a person with
     head (part 1) and torso (part 2); the others only a dog. LabelMap: left half class 3 (normals
     kept), right half class 1 (normals dropped)."""
     rng = np.random.default_rng(seed)
     base = Path(root) / "PASCALContext"
-    dirs = ["JPEGImages", "ImageSets/Context", "semseg/VOC12", "pascal-context/trainval",
-            "human_parts", "normals_distill", "sal_distill"]
+    dirs = [
+        "JPEGImages",
+        "ImageSets/Context",
+        "semseg/VOC12",
+        "pascal-context/trainval",
+        "human_parts",
+        "normals_distill",
+        "sal_distill",
+    ]
     for sub in dirs:
         (base / sub).mkdir(parents=True, exist_ok=True)
     h, w = size
@@ -104,8 +118,7 @@ def write_pascal(root: str | Path, n_train: int = 3, n_val: int = 2, size: tuple
                 head = np.zeros_like(body)
                 head[2:5, 2:10] = True
                 torso = body & ~head
-                objects = [{"class": "person", "class_ind": 15, "mask": body,
-                            "parts": {"head": head, "torso": torso}}]
+                objects = [{"class": "person", "class_ind": 15, "mask": body, "parts": {"head": head, "torso": torso}}]
             else:
                 objects = [{"class": "dog", "class_ind": 12, "mask": body}]
             write_part_annotation(base / "human_parts" / f"{image_id}.mat", image_id, objects)
@@ -118,15 +131,26 @@ def write_pascal(root: str | Path, n_train: int = 3, n_val: int = 2, size: tuple
 
 
 # 16-bit tasks and the top of their raw value range (Taskonomy's encodings).
-TASKONOMY_16BIT = {"depth_euclidean": 2**16, "depth_zbuffer": 2**16, "edge_occlusion": 410,
-                   "edge_texture": 5243, "keypoints2d": 328, "keypoints3d": 2**16}
+TASKONOMY_16BIT = {
+    "depth_euclidean": 2**16,
+    "depth_zbuffer": 2**16,
+    "edge_occlusion": 410,
+    "edge_texture": 5243,
+    "keypoints2d": 328,
+    "keypoints3d": 2**16,
+}
 TASKONOMY_RGB = ("normal", "principal_curvature")
 TASKONOMY_GREY = ("reshading", "segment_unsup2d", "segment_unsup25d")
 
 
-def write_taskonomy(root: str | Path, buildings: dict[str, str] | None = None, views: int = 2,
-                    size: tuple[int, int] = (24, 24), seed: int = 0,
-                    omnidata_level: bool = True) -> Path:
+def write_taskonomy(
+    root: str | Path,
+    buildings: dict[str, str] | None = None,
+    views: int = 2,
+    size: tuple[int, int] = (24, 24),
+    seed: int = 0,
+    omnidata_level: bool = True,
+) -> Path:
     """`root/taskonomy`: rgb + the 11 task folders (16-bit PNGs where Taskonomy has them) and the
     split CSV. `buildings` maps building -> "train" | "val" | "test" (default one of each)."""
     rng = np.random.default_rng(seed)

@@ -49,15 +49,26 @@ def losses_for(num: int) -> torch.Tensor:
 # ---------------------------------------------------------------- registry
 def test_available_lists_every_method() -> None:
     assert balancing.available() == [
-        "ew", "uw", "dwa", "graddrop", "mgda", "pcgrad", "cagrad", "imtl", "nashmtl",
-        "alignedmtl", "famo", "dbmtl", "recon",
+        "ew",
+        "uw",
+        "dwa",
+        "graddrop",
+        "mgda",
+        "pcgrad",
+        "cagrad",
+        "imtl",
+        "nashmtl",
+        "alignedmtl",
+        "famo",
+        "dbmtl",
+        "recon",
     ]
 
 
 def test_describe_gives_summary_options_and_kind() -> None:
     info = balancing.describe()
     assert set(info) == set(balancing.available())
-    for name, entry in info.items():
+    for _name, entry in info.items():
         assert set(entry) == {"summary", "options", "kind"}
         assert entry["kind"] in ("loss", "gradient")
         assert entry["summary"] and "\n" not in entry["summary"]
@@ -185,7 +196,11 @@ def test_famo_logit_step_is_torch_adam_with_l2_weight_decay() -> None:
     famo = create("famo", 3, w_lr=0.1, gamma=0.05)
     w = torch.zeros(3, requires_grad=True)
     opt = torch.optim.Adam([w], lr=0.1, weight_decay=0.05)
-    sequence = [([1.0, 2.0, 3.0], [0.8, 1.9, 2.0]), ([0.8, 1.9, 2.0], [0.7, 1.0, 1.9]), ([0.7, 1.0, 1.9], [0.6, 0.9, 1.5])]
+    sequence = [
+        ([1.0, 2.0, 3.0], [0.8, 1.9, 2.0]),
+        ([0.8, 1.9, 2.0], [0.7, 1.0, 1.9]),
+        ([0.7, 1.0, 1.9], [0.6, 0.9, 1.5]),
+    ]
     for before, after in sequence:
         famo.weigh(torch.tensor(before))
         famo.after_step(torch.tensor(after))
@@ -269,7 +284,9 @@ def test_mgda_returns_the_shorter_gradient_when_it_is_the_min_norm_point() -> No
 
 def test_mgda_reference_values() -> None:
     mgda = create("mgda", 2)
-    assert torch.allclose(mgda.aggregate(J_REF, losses_for(2)), torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(
+        mgda.aggregate(J_REF, losses_for(2)), torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64), atol=1e-12
+    )
     assert mgda.weights.tolist() == pytest.approx([0.6, 0.4])
 
 
@@ -280,7 +297,13 @@ def test_mgda_reaches_the_exact_min_norm_point(shape: tuple[int, int], scale: fl
     gram = (grads @ grads.T / scale**2).numpy()
     num = shape[0]
     # min 1/2 w^T G w  s.t. sum w = 1, w >= 0
-    exact = quadprog.solve_qp(gram + 1e-12 * np.eye(num), np.zeros(num), np.hstack([np.ones((num, 1)), np.eye(num)]), np.hstack([[1.0], np.zeros(num)]), meq=1)[0]
+    exact = quadprog.solve_qp(
+        gram + 1e-12 * np.eye(num),
+        np.zeros(num),
+        np.hstack([np.ones((num, 1)), np.eye(num)]),
+        np.hstack([[1.0], np.zeros(num)]),
+        meq=1,
+    )[0]
     w = min_norm_weights(torch.from_numpy(gram))
     assert float(w.sum()) == pytest.approx(1.0) and bool((w >= 0).all())
     assert float(w @ torch.from_numpy(gram) @ w) <= float(exact @ gram @ exact) * (1 + 1e-3) + 1e-12
@@ -313,7 +336,9 @@ def test_mgda_loss_normalization_divides_by_the_losses() -> None:
 def test_pcgrad_on_two_conflicting_vectors_by_hand() -> None:
     grads = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
     # g1 - (<g1,g2>/||g2||^2) g2 = (0.5, 0.5); g2 - (<g2,g1>/||g1||^2) g1 = (0, 1)
-    assert torch.allclose(create("pcgrad", 2).aggregate(grads, losses_for(2)), torch.tensor([0.5, 1.5], dtype=torch.float64))
+    assert torch.allclose(
+        create("pcgrad", 2).aggregate(grads, losses_for(2)), torch.tensor([0.5, 1.5], dtype=torch.float64)
+    )
 
 
 def test_pcgrad_reference_values() -> None:
@@ -357,7 +382,10 @@ def test_cagrad_on_orthogonal_unit_gradients_by_hand() -> None:
     assert torch.allclose(update, torch.full((2,), 0.5 * (1 + c) / (1 + c**2), dtype=torch.float64), atol=1e-5)
 
 
-@pytest.mark.parametrize("rescale,expected", [(0, [0.1835, 1.2041, 1.2041]), (1, [0.1468, 0.9633, 0.9633]), (2, [0.1835 / 1.5, 1.2041 / 1.5, 1.2041 / 1.5])])
+@pytest.mark.parametrize(
+    "rescale,expected",
+    [(0, [0.1835, 1.2041, 1.2041]), (1, [0.1468, 0.9633, 0.9633]), (2, [0.1835 / 1.5, 1.2041 / 1.5, 1.2041 / 1.5])],
+)
 def test_cagrad_reference_values_for_each_rescale(rescale: int, expected: list[float]) -> None:
     update = create("cagrad", 2, c=0.5, rescale=rescale).aggregate(J_REF, losses_for(2))
     assert update.tolist() == pytest.approx(expected, abs=2e-4)

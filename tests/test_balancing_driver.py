@@ -41,7 +41,9 @@ def batch(seed: int = 1, size: int = 12) -> tuple[Tensor, dict[str, Tensor]]:
     return x, {t: torch.randn(size, 2, generator=gen) for t in TASKS}
 
 
-def task_losses(model: TinyMultiTask, x: Tensor, y: dict[str, Tensor], scale: dict[str, float] | None = None) -> dict[str, Tensor]:
+def task_losses(
+    model: TinyMultiTask, x: Tensor, y: dict[str, Tensor], scale: dict[str, float] | None = None
+) -> dict[str, Tensor]:
     out = model(x)
     scale = scale or {}
     return {t: scale.get(t, 1.0) * ((out[t] - y[t]) ** 2).mean() for t in model.tasks}
@@ -138,7 +140,9 @@ def test_shared_grads_are_the_aggregate_of_the_task_gradients() -> None:
     x, y = batch()
     losses = task_losses(model, x, y)
     params = model.shared_parameters()
-    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses[t], params, retain_graph=True)]) for t in TASKS]
+    rows = [
+        torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses[t], params, retain_graph=True)]) for t in TASKS
+    ]
     matrix = torch.stack(rows)
     stack = torch.stack([losses[t] for t in TASKS]).detach()
     expected = create("imtl", 3).aggregate(matrix, stack)
@@ -232,7 +236,9 @@ def test_nashmtl_shortcut_step_reuses_weights_with_one_backward() -> None:
     x, y = batch(1)
     losses = task_losses(model, x, y)
     params = model.shared_parameters()
-    rows = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses[t], params, retain_graph=True)]) for t in TASKS])
+    rows = torch.stack(
+        [torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses[t], params, retain_graph=True)]) for t in TASKS]
+    )
     info = driver.backward(losses)
     assert info.mode == "shortcut"
     assert torch.allclose(torch.cat([p.grad.reshape(-1) for p in params]), alpha @ rows, atol=1e-6)
@@ -262,7 +268,9 @@ def test_all_reduce_hook_gives_the_single_process_update_of_the_global_batch(nam
     recorded: list[Tensor] = []
     other = TinyMultiTask()
     torch.manual_seed(0)
-    GradDriver(other, create(name, 3, **({"window": 1} if name == "dwa" else {})), all_reduce=_recorder(recorded)).backward(task_losses(other, *halves[1]))
+    GradDriver(
+        other, create(name, 3, **({"window": 1} if name == "dwa" else {})), all_reduce=_recorder(recorded)
+    ).backward(task_losses(other, *halves[1]))
     rank0 = TinyMultiTask()
     torch.manual_seed(0)
     balancer = create(name, 3, **({"window": 1} if name == "dwa" else {}))

@@ -49,7 +49,9 @@ def test_imtl_equals_torchjd_imtlg(shape: tuple[int, int], seed: int, scale: flo
 
 
 @pytest.mark.parametrize("shape,seed", CASES)
-def test_cagrad_rescale_zero_equals_torchjd_and_default_divides_by_one_plus_c_squared(shape: tuple[int, int], seed: int) -> None:
+def test_cagrad_rescale_zero_equals_torchjd_and_default_divides_by_one_plus_c_squared(
+    shape: tuple[int, int], seed: int
+) -> None:
     grads = matrix(shape, seed)
     c = 0.4
     theirs = tja.CAGrad(c=c)(grads)

@@ -1,4 +1,5 @@
 """The `tokenmtl` command end to end on a tiny config, and its errors for user mistakes."""
+
 import json
 
 import pytest
@@ -33,8 +34,9 @@ def test_train_st_and_mt_then_compare_evaluate_analyze(tmp_path, tiny_sets):
     table = (tmp_path / "comparison.md").read_text()
     st_depth = json.loads((tmp_path / "st-depth" / "results.json").read_text())["tasks"]["depth"]["rmse"]
     st_edge = json.loads((tmp_path / "st-edge" / "results.json").read_text())["tasks"]["edge"]["odsF"]
-    expected = 50.0 * (-(mt["tasks"]["depth"]["rmse"] - st_depth) / st_depth
-                       + (mt["tasks"]["edge"]["odsF"] - st_edge) / st_edge)
+    expected = 50.0 * (
+        -(mt["tasks"]["depth"]["rmse"] - st_depth) / st_depth + (mt["tasks"]["edge"]["odsF"] - st_edge) / st_edge
+    )
     assert f"{expected:+.2f}" in table
     assert (tmp_path / "comparison.png").stat().st_size > 1000
 
@@ -44,8 +46,19 @@ def test_train_st_and_mt_then_compare_evaluate_analyze(tmp_path, tiny_sets):
     evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert evaluated["tasks"] == mt["tasks"]  # same checkpoint, same split, same numbers
 
-    result = invoke("analyze", "demo", "--checkpoint", ckpt, "--out", tmp_path / "an", "--num-batches", "2",
-                    *sets, "--set", "tasks=[depth,edge]")
+    result = invoke(
+        "analyze",
+        "demo",
+        "--checkpoint",
+        ckpt,
+        "--out",
+        tmp_path / "an",
+        "--num-batches",
+        "2",
+        *sets,
+        "--set",
+        "tasks=[depth,edge]",
+    )
     assert result.exit_code == 0, result.output
     plan = json.loads((tmp_path / "an" / "plan.json").read_text())
     assert len(plan["tm"]) == 1 and len(plan["te"]) == 1  # ratio 0.5 of 2 blocks
@@ -54,7 +67,9 @@ def test_train_st_and_mt_then_compare_evaluate_analyze(tmp_path, tiny_sets):
     # a run folder alone: its newest good checkpoint and the config it was trained with (no --set repeated);
     # evaluation never builds the training split: a fresh scenes cache receives the test split only
     fresh = tmp_path / "fresh-cache"
-    result = invoke("evaluate", tmp_path / "mt", "--out", tmp_path / "eval-dir", "--set", f"benchmark.cache_dir={fresh}")
+    result = invoke(
+        "evaluate", tmp_path / "mt", "--out", tmp_path / "eval-dir", "--set", f"benchmark.cache_dir={fresh}"
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "eval-dir" / "results.json").read_text())["tasks"] == mt["tasks"]
     assert [p.name.split("-")[1] for p in fresh.glob("*.npz")] == ["test"]
@@ -93,8 +108,21 @@ def test_compare_takes_allow_mixed(tmp_path):
 def test_methods_lists_every_method_with_options():
     result = invoke("methods")
     assert result.exit_code == 0
-    for name in ("ew", "uw", "dwa", "graddrop", "mgda", "pcgrad", "cagrad", "imtl", "nashmtl",
-                 "alignedmtl", "famo", "dbmtl", "recon"):
+    for name in (
+        "ew",
+        "uw",
+        "dwa",
+        "graddrop",
+        "mgda",
+        "pcgrad",
+        "cagrad",
+        "imtl",
+        "nashmtl",
+        "alignedmtl",
+        "famo",
+        "dbmtl",
+        "recon",
+    ):
         assert f"\n{name} " in "\n" + result.output
     assert "beta=0.9" in result.output  # DB-MTL's option
 
@@ -105,15 +133,18 @@ def test_data_preview_writes_a_png(tmp_path, tiny_sets):
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--tasks", "depth,colour"], "unknown task(s) 'colour' for benchmark 'scenes'; available: semseg, depth"),
-    (["--method", "gradnorm"], "unknown balancing method 'gradnorm'; available: ew, uw"),
-    (["--set", "benchmark.name=imagenet"], "unknown benchmark 'imagenet'; available: nyud, "),
-    (["--set", "train.iteratons=3"], "did you mean 'iterations'"),
-    (["--set", "method.betaa=0.3", "--method", "dbmtl"], "unknown option(s) ['betaa'] for method 'dbmtl'"),
-    (["--set", "benchmark.colour=1"], "benchmark 'scenes' does not take colour"),
-    (["--set", "model.backbone=vit_tinny_patch16_224"], "unknown timm backbone 'vit_tinny_patch16_224'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tasks", "depth,colour"], "unknown task(s) 'colour' for benchmark 'scenes'; available: semseg, depth"),
+        (["--method", "gradnorm"], "unknown balancing method 'gradnorm'; available: ew, uw"),
+        (["--set", "benchmark.name=imagenet"], "unknown benchmark 'imagenet'; available: nyud, "),
+        (["--set", "train.iteratons=3"], "did you mean 'iterations'"),
+        (["--set", "method.betaa=0.3", "--method", "dbmtl"], "unknown option(s) ['betaa'] for method 'dbmtl'"),
+        (["--set", "benchmark.colour=1"], "benchmark 'scenes' does not take colour"),
+        (["--set", "model.backbone=vit_tinny_patch16_224"], "unknown timm backbone 'vit_tinny_patch16_224'"),
+    ],
+)
 def test_user_mistakes_give_one_clear_line(tmp_path, tiny_sets, args, message):
     result = runner.invoke(app, ["train", "demo", "--out", str(tmp_path / "x"), *_sets(tiny_sets), *args])
     assert result.exit_code == 2
@@ -122,20 +153,46 @@ def test_user_mistakes_give_one_clear_line(tmp_path, tiny_sets, args, message):
 
 
 def test_missing_dataset_root_names_the_path(tmp_path):
-    result = runner.invoke(app, ["train", "configs/nyud_vit_t.yaml", "--out", str(tmp_path / "x"),
-                                 "--data-root", str(tmp_path / "nowhere"), "--no-pretrained"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "configs/nyud_vit_t.yaml",
+            "--out",
+            str(tmp_path / "x"),
+            "--data-root",
+            str(tmp_path / "nowhere"),
+            "--no-pretrained",
+        ],
+    )
     assert result.exit_code == 2
     assert str(tmp_path / "nowhere") in result.output and "Traceback" not in result.output
 
 
 def test_sweep_trains_st_and_each_method_with_and_without_dtme(tmp_path, tiny_sets):
-    sets = _sets(tiny_sets + ["train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2",
-                              "tasks=[depth,edge]", "dtme.num_batches=1", "dtme.expand_at=0.5"])
+    sets = _sets(
+        tiny_sets
+        + [
+            "train.iterations=2",
+            "train.eval_every=2",
+            "train.checkpoint_every=2",
+            "tasks=[depth,edge]",
+            "dtme.num_batches=1",
+            "dtme.expand_at=0.5",
+        ]
+    )
     result = invoke("sweep", "demo", "--out", tmp_path, "--methods", "ew,dbmtl", "--dtme", *sets)
     assert result.exit_code == 0, result.output
     runs = sorted(p.parent.name for p in tmp_path.glob("*/results.json"))
-    assert runs == ["dbmtl-dtme-s0", "dbmtl-s0", "ew-dtme-control-s0", "ew-dtme-s0", "ew-s0", "st-depth-s0",
-                    "st-edge-s0"]
+    assert runs == [
+        "dbmtl-dtme-s0",
+        "dbmtl-s0",
+        "ew-dtme-control-s0",
+        "ew-dtme-s0",
+        "ew-s0",
+        "st-depth-s0",
+        "st-edge-s0",
+    ]
     control = json.loads((tmp_path / "ew-dtme-control-s0" / "results.json").read_text())
     dtme = json.loads((tmp_path / "ew-dtme-s0" / "results.json").read_text())
     assert control["dtme"]["tm"] == [] and control["dtme"]["te"] == [] and control["params"]["added_by_dtme"] == 0

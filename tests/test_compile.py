@@ -5,6 +5,7 @@ and PCGrad (T backward passes through the compiled graph, retain_graph). Inducto
 may sum in another order than eager PyTorch: float32 rounding, so losses and parameters agree to
 rtol 1e-4 (measured: below 1e-6), not bit for bit. The first compilation takes ~10 s on one core.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -20,15 +21,22 @@ from tokenmtl.models import DenseHead, MultiTaskModel, TimmViTAdapter
 
 def tiny_model() -> MultiTaskModel:
     torch.manual_seed(0)
-    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=16, patch_size=8, depth=2,
-                            embed_dim=32, num_heads=2)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=0, img_size=16, patch_size=8, depth=2, embed_dim=32, num_heads=2
+    )
     return MultiTaskModel(TimmViTAdapter(vit), {"seg": DenseHead(32, 3), "depth": DenseHead(32, 1)})
 
 
 def batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(0)
-    return [(torch.randn(2, 3, 16, 16, generator=gen), torch.randint(0, 3, (2, 16, 16), generator=gen),
-             torch.rand(2, 1, 16, 16, generator=gen)) for _ in range(3)]
+    return [
+        (
+            torch.randn(2, 3, 16, 16, generator=gen),
+            torch.randint(0, 3, (2, 16, 16), generator=gen),
+            torch.rand(2, 1, 16, 16, generator=gen),
+        )
+        for _ in range(3)
+    ]
 
 
 def train(method: str, compiled: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -1,4 +1,5 @@
 """Config loading: defaults, YAML, --set overrides and errors that name the key."""
+
 import pytest
 
 from tokenmtl.config import ConfigError, load_config, parse_assignment
@@ -12,8 +13,9 @@ def test_demo_config_resolves_with_defaults():
 
 
 def test_set_overrides_parse_yaml_values():
-    cfg = load_config("demo", overrides=["train.iterations=20", "train.lr=3e-4", "dtme.enabled=true",
-                                          "tasks=[depth,edge]"])
+    cfg = load_config(
+        "demo", overrides=["train.iterations=20", "train.lr=3e-4", "dtme.enabled=true", "tasks=[depth,edge]"]
+    )
     assert cfg["train"]["iterations"] == 20
     assert cfg["train"]["lr"] == pytest.approx(3e-4)
     assert cfg["dtme"]["enabled"] is True
@@ -30,18 +32,21 @@ def test_unknown_section_is_an_error():
         load_config("demo", overrides=["trian.x=1"])
 
 
-@pytest.mark.parametrize("assignment, message", [
-    ("train.iterations=-5", "train.iterations must be > 0"),
-    ("train.iterations=abc", "train.iterations. must be int"),
-    ("train.batch_size=0", "train.batch_size must be > 0"),
-    ("train.lr=-1", "train.lr must be >= 0"),
-    ("dtme.strategy=best", "dtme.strategy must be one of conflict, random, reverse, swap"),
-    ("dtme.ratio=1.5", r"dtme.ratio must be in \(0, 1\]"),
-    ("dtme.expand_at=1.0", r"dtme.expand_at must be in \[0, 1\)"),
-    ("tasks=[]", "tasks must be a non-empty list"),
-    ("tasks=[depth,depth]", "lists a task twice"),
-    ("train=5", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("train.iterations=-5", "train.iterations must be > 0"),
+        ("train.iterations=abc", "train.iterations. must be int"),
+        ("train.batch_size=0", "train.batch_size must be > 0"),
+        ("train.lr=-1", "train.lr must be >= 0"),
+        ("dtme.strategy=best", "dtme.strategy must be one of conflict, random, reverse, swap"),
+        ("dtme.ratio=1.5", r"dtme.ratio must be in \(0, 1\]"),
+        ("dtme.expand_at=1.0", r"dtme.expand_at must be in \[0, 1\)"),
+        ("tasks=[]", "tasks must be a non-empty list"),
+        ("tasks=[depth,depth]", "lists a task twice"),
+        ("train=5", "must be a mapping"),
+    ],
+)
 def test_bad_values_fail_with_the_key_named(assignment, message):
     with pytest.raises(ConfigError, match=message):
         load_config("demo", overrides=[assignment])
@@ -87,15 +92,22 @@ def test_sections_are_typed_objects_and_mappings():
 
 def test_declared_keys_for_hf_models_precision_and_compile():
     cfg = load_config()
-    assert (cfg.model.family, cfg.model.name, cfg.model.tokenizer, cfg.model.pooling, cfg.model.max_length) == \
-        ("timm", None, None, "mean", 128)
+    assert (cfg.model.family, cfg.model.name, cfg.model.tokenizer, cfg.model.pooling, cfg.model.max_length) == (
+        "timm",
+        None,
+        None,
+        "mean",
+        128,
+    )
     assert cfg.model.attn_implementation == "sdpa" and cfg.train.precision == "fp32" and cfg.train.compile is False
     assert cfg.dtme.post_iterations == "remaining"  # same budget as the baseline by default
-    for assignment, message in [("model.family=jax", "model.family must be one of timm, hf"),
-                                ("train.precision=fp8", "train.precision must be one of fp32, bf16, fp16"),
-                                ("model.pooling=max", "model.pooling must be one of mean, cls"),
-                                ("model.max_length=0", "model.max_length must be > 0"),
-                                ("train.compile=maybe", "'train.compile' must be bool")]:
+    for assignment, message in [
+        ("model.family=jax", "model.family must be one of timm, hf"),
+        ("train.precision=fp8", "train.precision must be one of fp32, bf16, fp16"),
+        ("model.pooling=max", "model.pooling must be one of mean, cls"),
+        ("model.max_length=0", "model.max_length must be > 0"),
+        ("train.compile=maybe", "'train.compile' must be bool"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             load_config("demo", overrides=[assignment])
 

@@ -66,9 +66,7 @@ def test_delta_p_with_one_metric_per_task_equals_delta_m():
     single = table(NYUD_SINGLE_TASK, NYUD_PRIMARY)
     multi = table(NYUD_TM_TE, NYUD_PRIMARY)
     directions = {task: {metric: lower} for task, (metric, lower) in NYUD_PRIMARY.items()}
-    assert delta_p(multi, single, directions) == pytest.approx(
-        delta_m(multi, single, NYUD_PRIMARY)
-    )
+    assert delta_p(multi, single, directions) == pytest.approx(delta_m(multi, single, NYUD_PRIMARY))
 
 
 def test_missing_task_and_metric_are_named():

@@ -12,6 +12,7 @@ where that rounding stays at rounding size: rtol 1e-5, atol 1e-6. Adam divides e
 entry by its own magnitude, so an entry that is ~0 by cancellation turns rounding noise into a
 step of up to lr: the Adam case (`ew-adam`) allows atol 1e-5, 1% of one step at lr 1e-3.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,10 +41,23 @@ ADAM_ATOL = 1e-5
 METRIC_RTOL = 1e-4  # metrics are ratios of float sums; they inherit the parameters' rounding
 
 SMALL = [
-    "benchmark.image_size=32", "benchmark.train_size=24", "benchmark.val_size=8", "benchmark.test_size=8",
-    "model.img_size=32", "model.patch_size=8", "model.depth=2", "model.embed_dim=32", "model.num_heads=2",
-    "train.iterations=3", "train.eval_every=3", "train.checkpoint_every=2", "eval.batch_size=4",
-    "log.tensorboard=false", "log.progress=false", "train.optimizer=sgd", "train.lr=0.05",
+    "benchmark.image_size=32",
+    "benchmark.train_size=24",
+    "benchmark.val_size=8",
+    "benchmark.test_size=8",
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.depth=2",
+    "model.embed_dim=32",
+    "model.num_heads=2",
+    "train.iterations=3",
+    "train.eval_every=3",
+    "train.checkpoint_every=2",
+    "eval.batch_size=4",
+    "log.tensorboard=false",
+    "log.progress=false",
+    "train.optimizer=sgd",
+    "train.lr=0.05",
 ]
 CASES: dict[str, list[str]] = {
     "ew": ["method.name=ew"],
@@ -52,14 +66,14 @@ CASES: dict[str, list[str]] = {
     "dbmtl": ["method.name=dbmtl"],
     "famo": ["method.name=famo"],
     # expansion at round(0.34 * 3) = step 1, then 3 more steps; the analysis sees 2 global batches
-    "dtme": ["method.name=ew", "dtme.enabled=true", "dtme.expand_at=0.34", "dtme.num_batches=2",
-             "dtme.num_tokens=2"],
+    "dtme": ["method.name=ew", "dtme.enabled=true", "dtme.expand_at=0.34", "dtme.num_batches=2", "dtme.num_tokens=2"],
 }
 
 
 def _config(case: str, cache: str, batch_size: int) -> dict[str, Any]:
-    return load_config("demo", overrides=SMALL + CASES[case] + [f"benchmark.cache_dir={cache}",
-                                                                   f"train.batch_size={batch_size}"])
+    return load_config(
+        "demo", overrides=SMALL + CASES[case] + [f"benchmark.cache_dir={cache}", f"train.batch_size={batch_size}"]
+    )
 
 
 def _free_port() -> int:
@@ -71,9 +85,12 @@ def _free_port() -> int:
 def _outcome(trainer: Trainer, results: dict[str, Any]) -> dict[str, Any]:
     """What the comparison needs from a finished run (state dicts on CPU)."""
     balancer = trainer.balancer.state_dict() if hasattr(trainer.balancer, "state_dict") else {}
-    return {"model": {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()},
-            "balancer": balancer, "plan": trainer.plan.to_dict() if trainer.plan is not None else None,
-            "results": results}
+    return {
+        "model": {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()},
+        "balancer": balancer,
+        "plan": trainer.plan.to_dict() if trainer.plan is not None else None,
+        "results": results,
+    }
 
 
 def _worker(rank: int, port: int, cache: str, root: str) -> None:
@@ -81,8 +98,15 @@ def _worker(rank: int, port: int, cache: str, root: str) -> None:
     variables and trains every case; rank r trains into its own folder `rank<r>/<case>`, so a
     file written by a rank other than 0 is seen."""
     torch.set_num_threads(1)
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(WORLD),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     from tokenmtl.engine.distributed import DistContext
 
     dist = DistContext.from_env()
@@ -108,8 +132,9 @@ def runs(tmp_path_factory, scenes_cache) -> dict[str, Any]:
         create_benchmark(_config("ew", scenes_cache, 4)["benchmark"]).dataset(split, train=False)
     context = mp.get_context("spawn")
     port = _free_port()
-    procs = [context.Process(target=_worker, args=(r, port, scenes_cache, str(root)), daemon=True)
-             for r in range(WORLD)]
+    procs = [
+        context.Process(target=_worker, args=(r, port, scenes_cache, str(root)), daemon=True) for r in range(WORLD)
+    ]
     for proc in procs:
         proc.start()
     single = {}
@@ -124,13 +149,16 @@ def runs(tmp_path_factory, scenes_cache) -> dict[str, Any]:
             proc.kill()
     codes = [proc.exitcode for proc in procs]
     assert codes == [0] * WORLD, f"distributed workers exited with {codes}"
-    multi = {case: [torch.load(root / "outcomes" / f"{case}-rank{r}.pt", weights_only=False)
-                    for r in range(WORLD)] for case in CASES}
+    multi = {
+        case: [torch.load(root / "outcomes" / f"{case}-rank{r}.pt", weights_only=False) for r in range(WORLD)]
+        for case in CASES
+    }
     return {"root": root, "single": single, "multi": multi}
 
 
-def _assert_state_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str,
-                        atol: float = ATOL) -> None:
+def _assert_state_close(
+    actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str, atol: float = ATOL
+) -> None:
     assert actual.keys() == expected.keys(), what
     for key, value in expected.items():
         if value.dtype.is_floating_point:
@@ -198,8 +226,9 @@ def test_metrics_are_all_reduced_sums_equal_to_one_process(runs, case):
             assert tasks.keys() == single.keys()
             for task, metrics in single.items():
                 for name, value in metrics.items():
-                    assert tasks[task][name] == pytest.approx(value, rel=METRIC_RTOL, abs=1e-4), \
+                    assert tasks[task][name] == pytest.approx(value, rel=METRIC_RTOL, abs=1e-4), (
                         f"{case} rank {rank} {task}/{name}"
+                    )
 
 
 def test_conflicts_json_is_a_json_object(runs):
@@ -219,9 +248,24 @@ def test_only_rank_0_writes_files(runs):
 def test_torchrun_cli_trains_two_processes_and_writes_one_results_file(tmp_path, scenes_cache):
     """The launcher path end to end: `torchrun --nproc_per_node 2 -m tokenmtl train`."""
     sets = SMALL + ["train.iterations=2", f"benchmark.cache_dir={scenes_cache}", f"train.batch_size={PER_RANK_BATCH}"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-               "-m", "tokenmtl", "train", "demo", "--out", str(tmp_path / "run"), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(WORLD),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "tokenmtl",
+        "train",
+        "demo",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
     for item in sets:
         command += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
@@ -230,8 +274,9 @@ def test_torchrun_cli_trains_two_processes_and_writes_one_results_file(tmp_path,
     assert "Traceback" not in proc.stderr
     assert proc.stdout.count("results (test split)") == 1  # rank 0 prints, rank 1 stays silent
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    single = Trainer(load_config("demo", overrides=sets[:-1] + [f"train.batch_size={WORLD * PER_RANK_BATCH}"]),
-                     tmp_path / "single").run()
+    single = Trainer(
+        load_config("demo", overrides=sets[:-1] + [f"train.batch_size={WORLD * PER_RANK_BATCH}"]), tmp_path / "single"
+    ).run()
     for task, metrics in single["tasks"].items():
         for name, value in metrics.items():
             assert results["tasks"][task][name] == pytest.approx(value, rel=METRIC_RTOL, abs=1e-4)
@@ -253,18 +298,32 @@ def test_global_batch_shards_of_all_ranks_are_the_batches_of_one_process(world, 
 def _signal_worker(rank: int, port: int, cache: str, root: str) -> None:
     """A slow 2-process run (0.2 s per step); records how it stopped in `root/stop-rank<r>.json`."""
     torch.set_num_threads(1)
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    from tokenmtl.engine.distributed import DistContext
-
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(WORLD),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     from tokenmtl.engine.callbacks import Callback
+    from tokenmtl.engine.distributed import DistContext
 
     class Slow(Callback):
         def on_step_start(self, step: int, run: Any) -> None:
             time.sleep(0.2)
 
-    cfg = load_config("demo", overrides=SMALL + [f"benchmark.cache_dir={cache}", f"train.batch_size={PER_RANK_BATCH}",
-                                                "train.iterations=60", "train.eval_every=1000"])
+    cfg = load_config(
+        "demo",
+        overrides=SMALL
+        + [
+            f"benchmark.cache_dir={cache}",
+            f"train.batch_size={PER_RANK_BATCH}",
+            "train.iterations=60",
+            "train.eval_every=1000",
+        ],
+    )
     dist = DistContext.from_env()
     record = Path(root) / f"stop-rank{rank}.json"
     try:
@@ -279,9 +338,10 @@ def _signal_worker(rank: int, port: int, cache: str, root: str) -> None:
 def test_sigterm_reaching_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path, scenes_cache):
     context = mp.get_context("spawn")
     port = _free_port()
-    procs = [context.Process(target=_signal_worker, args=(r, port,
-                                                          scenes_cache, str(tmp_path)), daemon=True)
-             for r in range(WORLD)]
+    procs = [
+        context.Process(target=_signal_worker, args=(r, port, scenes_cache, str(tmp_path)), daemon=True)
+        for r in range(WORLD)
+    ]
     for proc in procs:
         proc.start()
     try:

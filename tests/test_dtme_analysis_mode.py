@@ -4,6 +4,7 @@ docs/method.md, "Analysis mode": the heads' BatchNorms use the statistics of the
 training, not the running statistics, which are still the initial ones at `expand_at: 0`),
 dropout and drop path are off, and the model leaves the analysis exactly as it entered it.
 """
+
 import copy
 
 import pytest
@@ -23,9 +24,19 @@ DIM = 16
 def model_with_batchnorm_and_dropout(seed=0):
     """A 3-block ViT with heavy dropout and drop path, DenseHeads with BatchNorm, trained-looking running stats."""
     torch.manual_seed(seed)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16, patch_size=4,
-                            depth=3, embed_dim=DIM, num_heads=2, proj_drop_rate=0.5, attn_drop_rate=0.5,
-                            drop_path_rate=0.5)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        img_size=16,
+        patch_size=4,
+        depth=3,
+        embed_dim=DIM,
+        num_heads=2,
+        proj_drop_rate=0.5,
+        attn_drop_rate=0.5,
+        drop_path_rate=0.5,
+    )
     model = MultiTaskModel(TimmViTAdapter(vit), {t: DenseHead(DIM, c, 8) for t, c in TASKS.items()})
     g = torch.Generator().manual_seed(seed + 1)
     for module in model.modules():
@@ -38,13 +49,18 @@ def model_with_batchnorm_and_dropout(seed=0):
 
 def samples(n=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [{"image": torch.randn(3, 16, 16, generator=g),
-             **{t: torch.randn(c, 16, 16, generator=g) for t, c in TASKS.items()}} for _ in range(n)]
+    return [
+        {
+            "image": torch.randn(3, 16, 16, generator=g),
+            **{t: torch.randn(c, 16, 16, generator=g) for t, c in TASKS.items()},
+        }
+        for _ in range(n)
+    ]
 
 
 def batches(n=2, b=4, seed=0):
     items = samples(n * b, seed)
-    return [torch.utils.data.default_collate(items[k * b:(k + 1) * b]) for k in range(n)]
+    return [torch.utils.data.default_collate(items[k * b : (k + 1) * b]) for k in range(n)]
 
 
 def loss_fn(outputs, batch):
@@ -108,8 +124,7 @@ def reference_rates(model, data, r=10.0):
         gr, gn = g @ space.range_basis, g @ space.null_basis
         inner_r, inner_n = (gr[0] * gr[1]).sum(-1), (gn[0] * gn[1]).sum(-1)
         cos_r = inner_r / (gr[0].norm(dim=-1) * gr[1].norm(dim=-1))
-        rates[l] = (float((inner_r < 0).double().mean()), float((inner_n < 0).double().mean()),
-                    float(cos_r.mean()))
+        rates[l] = (float((inner_r < 0).double().mean()), float((inner_n < 0).double().mean()), float(cos_r.mean()))
     return rates
 
 
@@ -182,8 +197,7 @@ def test_a_shuffling_dataloader_gives_both_passes_the_same_batches():
     data = samples(12)
 
     def loader():
-        return torch.utils.data.DataLoader(data, batch_size=4, shuffle=True,
-                                           generator=torch.Generator().manual_seed(0))
+        return torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))
 
     fresh = loader()
     first_pass, second_pass = list(fresh), list(fresh)
@@ -247,9 +261,18 @@ def test_distributed_analysis_runs_the_smallest_batch_count_of_all_processes():
     assert [lr.pairs_counted for lr in report.layers] == [lr.pairs_counted for lr in alone.layers]
 
 
-@pytest.mark.parametrize("name, expected", [("nyud_vit_t", None), ("nyud_vit_s", None), ("nyud_vit_b", None),
-                                            ("pascal_vit_t", None), ("pascal_vit_s", None), ("pascal_vit_b", None),
-                                            ("taskonomy_vit_b", 100)])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("nyud_vit_t", None),
+        ("nyud_vit_s", None),
+        ("nyud_vit_b", None),
+        ("pascal_vit_t", None),
+        ("pascal_vit_s", None),
+        ("pascal_vit_b", None),
+        ("taskonomy_vit_b", 100),
+    ],
+)
 def test_paper_configs_analyse_the_whole_training_set_or_100_taskonomy_batches(name, expected):
     from tokenmtl.config import load_config
 

@@ -1,4 +1,5 @@
-"""Token-level gradient conflicts (docs/method.md, "Conflicts"), the analysis pass over a model, and the report plots."""
+"""Token-level gradient conflicts (docs/method.md, "Conflicts"), the analysis pass over a model, the plots."""
+
 import itertools
 
 import pytest
@@ -6,8 +7,15 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from tokenmtl.dtme import (ConflictReport, TokenSpace, analyze, conflict_counts,
-                           conflict_rates, make_plan, split_token_space)
+from tokenmtl.dtme import (
+    ConflictReport,
+    TokenSpace,
+    analyze,
+    conflict_counts,
+    conflict_rates,
+    make_plan,
+    split_token_space,
+)
 from tokenmtl.dtme.analysis import _task_gradients
 from tokenmtl.models import DenseHead, MultiTaskModel, TimmViTAdapter
 
@@ -62,7 +70,7 @@ def test_null_space_conflict_only_counts_null():
     space = random_space(8, 3, seed=1)
     g = torch.Generator().manual_seed(5)
     coeffs = torch.randn(3, 50, 5, generator=g, dtype=torch.float64)
-    grads = coeffs @ space.null_basis.T            # every task gradient lies in the null space
+    grads = coeffs @ space.null_basis.T  # every task gradient lies in the null space
     range_rate, null_rate = conflict_rates(grads, space)
     assert range_rate == 0.0
     assert 0.3 < null_rate < 0.7
@@ -152,17 +160,31 @@ def test_conflict_input_errors_are_clear():
 
 # --- analysis on a small timm ViT -------------------------------------------------------------
 
+
 def tiny_model(seed=0, depth=3):
     torch.manual_seed(seed)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16,
-                            patch_size=4, depth=depth, embed_dim=16, num_heads=2)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        img_size=16,
+        patch_size=4,
+        depth=depth,
+        embed_dim=16,
+        num_heads=2,
+    )
     return MultiTaskModel(TimmViTAdapter(vit), {t: DenseHead(16, c, 8) for t, c in TASKS.items()})
 
 
 def tiny_batches(n=3, b=4, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [{"image": torch.randn(b, 3, 16, 16, generator=g),
-             **{t: torch.randn(b, c, 16, 16, generator=g) for t, c in TASKS.items()}} for _ in range(n)]
+    return [
+        {
+            "image": torch.randn(b, 3, 16, 16, generator=g),
+            **{t: torch.randn(b, c, 16, 16, generator=g) for t, c in TASKS.items()},
+        }
+        for _ in range(n)
+    ]
 
 
 def loss_fn(outputs, batch):
@@ -228,8 +250,10 @@ def test_analyze_equals_manual_covariance_split_and_brute_force_conflicts():
     # with the heads' BatchNorms on batch statistics (the analysis mode)
     model = batch_statistics_copy(model)
     inputs = {l: [] for l in range(3)}
-    hooks = [blk.register_forward_pre_hook(lambda mod, args, l=l: inputs[l].append(args[0].detach()) and None)
-             for l, blk in enumerate(model.encoder.blocks)]
+    hooks = [
+        blk.register_forward_pre_hook(lambda mod, args, l=l: inputs[l].append(args[0].detach()) and None)
+        for l, blk in enumerate(model.encoder.blocks)
+    ]
     with torch.no_grad():
         for b in batches[:2]:
             model(b["image"])
@@ -255,8 +279,15 @@ def test_analyze_equals_manual_covariance_split_and_brute_force_conflicts():
 def test_analyze_options_layers_prefix_and_reduce():
     model, batches = tiny_model(), tiny_batches(2)
     reduced = []
-    report = analyze(model, batches, loss_fn, layers=[1, 2], exclude_prefix=True, progress=False,
-                     reduce=lambda t: reduced.append(t.clone()) or t.mul_(2))
+    report = analyze(
+        model,
+        batches,
+        loss_fn,
+        layers=[1, 2],
+        exclude_prefix=True,
+        progress=False,
+        reduce=lambda t: reduced.append(t.clone()) or t.mul_(2),
+    )
     assert [lr.layer for lr in report.layers] == [1, 2]
     assert report.layer(1).pairs_counted == 2 * (2 * 4 * 16 * 3)  # prefix excluded, sums doubled by reduce
     # batch-count agreement (2), covariance sum and count per layer, then counts per layer

@@ -1,4 +1,5 @@
-"""Plans (DTME-MTL paper, layer selection) and expansion with Token Modulation / Token Expansion, and Recon's split layers."""
+"""Plans (DTME-MTL paper, layer selection), expansion with Token Modulation / Expansion, Recon's split layers."""
+
 import json
 import runpy
 from pathlib import Path
@@ -7,8 +8,17 @@ import pytest
 import timm
 import torch
 
-from tokenmtl.dtme import (ConflictReport, ExpandedTrunk, LayerReport, Plan, added_parameters,
-                           count_added_parameters, expand, make_plan, plan_of)
+from tokenmtl.dtme import (
+    ConflictReport,
+    ExpandedTrunk,
+    LayerReport,
+    Plan,
+    added_parameters,
+    count_added_parameters,
+    expand,
+    make_plan,
+    plan_of,
+)
 from tokenmtl.models import DenseHead, MultiTaskModel, TimmViTAdapter
 from tokenmtl.recon import split_layers
 
@@ -18,8 +28,16 @@ D = 16
 
 def tiny_model(seed=0, depth=4):
     torch.manual_seed(seed)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16,
-                            patch_size=4, depth=depth, embed_dim=D, num_heads=2)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        img_size=16,
+        patch_size=4,
+        depth=depth,
+        embed_dim=D,
+        num_heads=2,
+    )
     return MultiTaskModel(TimmViTAdapter(vit), {t: DenseHead(D, c, 8) for t, c in TASKS.items()}).eval()
 
 
@@ -32,21 +50,43 @@ def plan(**kw):
 
 
 def hand_report(range_rates, null_rates):
-    layers = [LayerReport(layer=i, dim=4, k=2, range_conflict_rate=r, null_conflict_rate=n,
-                          range_mean_cosine=0.0, null_mean_cosine=0.0, pairs_counted=1.0, eigenvalues=[1.0] * 4)
-              for i, (r, n) in enumerate(zip(range_rates, null_rates))]
-    return ConflictReport(tasks=["a", "b"], num_blocks=len(layers), layers=layers, r=100.0,
-                          energy_fraction=None, num_batches=1, num_tokens=1.0, exclude_prefix=False)
+    layers = [
+        LayerReport(
+            layer=i,
+            dim=4,
+            k=2,
+            range_conflict_rate=r,
+            null_conflict_rate=n,
+            range_mean_cosine=0.0,
+            null_mean_cosine=0.0,
+            pairs_counted=1.0,
+            eigenvalues=[1.0] * 4,
+        )
+        for i, (r, n) in enumerate(zip(range_rates, null_rates))
+    ]
+    return ConflictReport(
+        tasks=["a", "b"],
+        num_blocks=len(layers),
+        layers=layers,
+        r=100.0,
+        energy_fraction=None,
+        num_batches=1,
+        num_tokens=1.0,
+        exclude_prefix=False,
+    )
 
 
 REPORT = hand_report([0.1, 0.5, 0.3, 0.6, 0.2, 0.4], [0.6, 0.1, 0.5, 0.2, 0.4, 0.3])
 
 
-@pytest.mark.parametrize("strategy, tm, te", [
-    ("conflict", [1, 3, 5], [0, 2, 4]),
-    ("reverse", [0, 2, 4], [1, 3, 5]),
-    ("swap", [0, 2, 4], [1, 3, 5]),
-])
+@pytest.mark.parametrize(
+    "strategy, tm, te",
+    [
+        ("conflict", [1, 3, 5], [0, 2, 4]),
+        ("reverse", [0, 2, 4], [1, 3, 5]),
+        ("swap", [0, 2, 4], [1, 3, 5]),
+    ],
+)
 def test_strategies_pick_the_right_layers(strategy, tm, te):
     p = make_plan(REPORT, ratio=0.5, strategy=strategy)
     assert (p.tm, p.te) == (tm, te)
@@ -54,7 +94,7 @@ def test_strategies_pick_the_right_layers(strategy, tm, te):
 
 
 def test_ratio_rounds_half_up_and_modes_keep_one_kind():
-    assert make_plan(REPORT, ratio=0.25).tm == [1, 3]          # round(1.5) = 2
+    assert make_plan(REPORT, ratio=0.25).tm == [1, 3]  # round(1.5) = 2
     assert make_plan(REPORT, ratio=1 / 6).tm == [3]
     assert make_plan(REPORT, ratio=0.0).is_empty
     control = make_plan(REPORT, mode="none")  # the empty-plan control run
@@ -203,8 +243,10 @@ def test_checkpoint_round_trip_of_an_expanded_model(tmp_path):
     with torch.no_grad():
         for p in added_parameters(model):
             p.add_(0.1 * torch.randn_like(p))
-    torch.save({"model": model.state_dict(), "dtme_plan": plan_of(model).to_dict(), "split": ["3.attn.proj"]},
-               tmp_path / "ckpt.pt")
+    torch.save(
+        {"model": model.state_dict(), "dtme_plan": plan_of(model).to_dict(), "split": ["3.attn.proj"]},
+        tmp_path / "ckpt.pt",
+    )
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     fresh = tiny_model(seed=1)
     expand(fresh, Plan.from_dict(json.loads(json.dumps(ckpt["dtme_plan"]))))
@@ -246,8 +288,9 @@ def test_model_forward_for_a_subset_of_tasks_matches_the_full_pass():
     from tokenmtl.models import DenseHead, MultiTaskModel, TimmViTAdapter
 
     torch.manual_seed(0)
-    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, patch_size=8, depth=3,
-                            embed_dim=32, num_heads=2)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=0, img_size=32, patch_size=8, depth=3, embed_dim=32, num_heads=2
+    )
     model = MultiTaskModel(TimmViTAdapter(vit), {"a": DenseHead(32, 2), "b": DenseHead(32, 1)}).eval()
     expand(model, Plan(tm=[1], te=[2], tasks=["a", "b"]))
     with torch.no_grad():

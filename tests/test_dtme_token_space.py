@@ -1,4 +1,5 @@
-"""Token covariance and the range/null split (METHOD.md 1.1)."""
+"""Token covariance and the range/null split (docs/method.md, "Token space of a layer")."""
+
 import pytest
 import torch
 
@@ -14,7 +15,11 @@ def planted_covariance(eigenvalues, seed=0):
 
 def test_streaming_covariance_equals_dense_computation():
     g = torch.Generator().manual_seed(1)
-    batches = [torch.randn(3, 5, 7, generator=g) * 2 + 1, torch.randn(11, 7, generator=g), torch.randn(2, 2, 2, 7, generator=g)]
+    batches = [
+        torch.randn(3, 5, 7, generator=g) * 2 + 1,
+        torch.randn(11, 7, generator=g),
+        torch.randn(2, 2, 2, 7, generator=g),
+    ]
     cov = TokenCovariance(7)
     for b in batches:
         cov.update(b)

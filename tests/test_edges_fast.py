@@ -8,12 +8,12 @@ the reference slow) and blurry and noisy, with thin ground-truth boundaries.
 import math
 import time
 
-import edge_reference as reference
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
+import edge_reference as reference
 from tokenmtl.data.pascal import thin as pascal_thin
 from tokenmtl.metrics.edge_matching import GrowingMatching, pairs_within
 from tokenmtl.metrics.edges import EdgeMeter, match_count, thin_boundaries
@@ -122,8 +122,14 @@ def test_hand_cases_score_as_the_reference(case):
 @pytest.mark.parametrize("kind", ["sharp", "blurry"])
 @pytest.mark.parametrize(
     ("height", "width", "tolerance", "seed"),
-    [(48, 64, 0.011, 0), (48, 64, 0.03, 1), (106, 140, 0.011, 2), (106, 140, 0.0075, 3),
-     (106, 140, 0.02, 4), (75, 100, 0.05, 5)],
+    [
+        (48, 64, 0.011, 0),
+        (48, 64, 0.03, 1),
+        (106, 140, 0.011, 2),
+        (106, 140, 0.0075, 3),
+        (106, 140, 0.02, 4),
+        (75, 100, 0.05, 5),
+    ],
 )
 def test_random_maps_score_as_the_reference(kind, height, width, tolerance, seed):
     batches = [synthetic_batch(height, width, kind, seed, images=2)]
@@ -131,8 +137,9 @@ def test_random_maps_score_as_the_reference(kind, height, width, tolerance, seed
 
 
 @pytest.mark.parametrize("kind", ["sharp", "blurry"])
-@pytest.mark.parametrize(("height", "width", "tolerance", "seed"),
-                         [(40, 56, 0.011, 10), (64, 84, 0.03, 11), (53, 70, 0.02, 12)])
+@pytest.mark.parametrize(
+    ("height", "width", "tolerance", "seed"), [(40, 56, 0.011, 10), (64, 84, 0.03, 11), (53, 70, 0.02, 12)]
+)
 def test_random_maps_with_thinning_score_as_the_reference(kind, height, width, tolerance, seed):
     batches = [synthetic_batch(height, width, kind, seed)]
     assert_same_scores(batches, tolerance=tolerance, thin=True, thresholds=33)

@@ -1,4 +1,5 @@
 """The model-edit seam, optimizer groups across an edit, logged signals and results bookkeeping."""
+
 import csv
 import json
 
@@ -49,8 +50,12 @@ class AdamMoments(Callback):
 
     def _snapshot(self):
         optimizer = self.ref[0].optimizer
-        return {id(p): optimizer.state[p]["exp_avg"].clone() for g in optimizer.param_groups for p in g["params"]
-                if p in optimizer.state}
+        return {
+            id(p): optimizer.state[p]["exp_avg"].clone()
+            for g in optimizer.param_groups
+            for p in g["params"]
+            if p in optimizer.state
+        }
 
     def on_step_end(self, event, run, driver):
         if event.step == self.before:

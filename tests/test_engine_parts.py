@@ -1,11 +1,17 @@
 """Engine pieces: step-indexed sampling, LR schedule, atomic checksummed checkpoints."""
+
 import json
 
 import pytest
 import torch
 
-from tokenmtl.engine.checkpoint import (CheckpointError, latest_good_checkpoint, load_checkpoint,
-                                        read_manifest, save_checkpoint)
+from tokenmtl.engine.checkpoint import (
+    CheckpointError,
+    latest_good_checkpoint,
+    load_checkpoint,
+    read_manifest,
+    save_checkpoint,
+)
 from tokenmtl.engine.sampler import SeededDataset, StepBatchSampler
 from tokenmtl.engine.schedule import lr_factor
 
@@ -49,7 +55,7 @@ def test_seeded_dataset_makes_augmentation_reproducible():
 def test_poly_schedule_matches_formula():
     factor = lr_factor("poly", 100, power=0.9)
     assert factor(0) == 1.0
-    assert factor(50) == pytest.approx(0.5 ** 0.9)
+    assert factor(50) == pytest.approx(0.5**0.9)
     assert factor(100) == 0.0
     warm = lr_factor("constant", 100, warmup=10)
     assert warm(4) == pytest.approx(0.5)

@@ -1,4 +1,5 @@
 """The training loop end to end on a tiny config: resume equivalence, NaN stop, DTME protocol."""
+
 import json
 
 import pytest
@@ -69,8 +70,7 @@ def test_same_seed_same_result_and_other_seed_differs(tmp_path, tiny_sets):
     cfg = load_config("demo", overrides=tiny_sets + ["train.iterations=3"])
     a = Trainer(cfg, tmp_path / "a").run()
     b = Trainer(cfg, tmp_path / "b").run()
-    c = Trainer(load_config("demo", overrides=tiny_sets + ["train.iterations=3", "train.seed=1"]),
-                tmp_path / "c").run()
+    c = Trainer(load_config("demo", overrides=tiny_sets + ["train.iterations=3", "train.seed=1"]), tmp_path / "c").run()
     assert a["tasks"] == b["tasks"]
     assert a["tasks"] != c["tasks"]
 
@@ -110,8 +110,9 @@ def test_dtme_schedule_equal_post_expansion_iterations():
 
 
 def test_loss_weights_invpt_scheme_and_overrides():
-    cfg = load_config("demo", overrides=["benchmark.name=nyud", "loss_weights.scheme=invpt",
-                                          "loss_weights.weights={depth: 2.0}"])
+    cfg = load_config(
+        "demo", overrides=["benchmark.name=nyud", "loss_weights.scheme=invpt", "loss_weights.weights={depth: 2.0}"]
+    )
     weights = loss_weights_for(cfg, ["semseg", "depth", "normals", "edge"])
     assert weights == {"semseg": 1.0, "depth": 2.0, "normals": 10.0, "edge": 50.0}
     with pytest.raises(TrainingError, match="no InvPT loss weights for benchmark 'scenes'"):
@@ -119,8 +120,13 @@ def test_loss_weights_invpt_scheme_and_overrides():
 
 
 def test_dtme_run_expands_once_and_resumes_after_expansion(tmp_path, tiny_sets):
-    sets = tiny_sets + ["dtme.enabled=true", "dtme.expand_at=0.34", "dtme.num_batches=2", "dtme.lr_mult=5.0",
-                        "dtme.post_iterations=full"]
+    sets = tiny_sets + [
+        "dtme.enabled=true",
+        "dtme.expand_at=0.34",
+        "dtme.num_batches=2",
+        "dtme.lr_mult=5.0",
+        "dtme.post_iterations=full",
+    ]
     cfg = load_config("demo", overrides=sets)
     full = Trainer(cfg, tmp_path / "full")
     results = full.run()
@@ -143,9 +149,17 @@ def test_dtme_run_expands_once_and_resumes_after_expansion(tmp_path, tiny_sets):
 
 
 def test_freeze_backbone_trains_only_heads_and_added_parameters(tmp_path, tiny_sets):
-    cfg = load_config("demo", overrides=tiny_sets + ["dtme.enabled=true", "dtme.expand_at=0.34",
-                                                      "dtme.num_batches=1", "dtme.freeze_backbone=true",
-                                                      "train.iterations=3"])
+    cfg = load_config(
+        "demo",
+        overrides=tiny_sets
+        + [
+            "dtme.enabled=true",
+            "dtme.expand_at=0.34",
+            "dtme.num_batches=1",
+            "dtme.freeze_backbone=true",
+            "train.iterations=3",
+        ],
+    )
     trainer = Trainer(cfg, tmp_path / "frozen")
     trainer.run()
     before = Trainer(cfg, tmp_path / "x")  # same seed: the encoder after warm-up is what the frozen run kept

@@ -5,6 +5,7 @@ is slowed by a small harness (so a signal lands mid-run, not after the end); eve
 in this process. Every reference run uses one intra-op thread, like the subprocesses, so that the
 float arithmetic is the same and results can be compared exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import pytest
 import torch
@@ -30,8 +32,16 @@ from tokenmtl.engine.checkpoint import latest_good_checkpoint, load_checkpoint, 
 from tokenmtl.engine.trainer import Trainer
 
 SRC = Path(__file__).parents[1] / "src"
-RUN = ["train.iterations=9", "train.checkpoint_every=3", "train.eval_every=9", "train.keep_checkpoints=2",
-       "benchmark.train_size=24", "benchmark.val_size=8", "benchmark.test_size=8", "eval.batch_size=8"]
+RUN = [
+    "train.iterations=9",
+    "train.checkpoint_every=3",
+    "train.eval_every=9",
+    "train.keep_checkpoints=2",
+    "benchmark.train_size=24",
+    "benchmark.val_size=8",
+    "benchmark.test_size=8",
+    "eval.batch_size=8",
+]
 
 # `python -c` harness: `tokenmtl train` as the CLI runs it (errors and signals reported the same way),
 # with a callback that slows every training step by TOKENMTL_TEST_STEP_DELAY seconds.
@@ -117,8 +127,9 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics(tmp_path, t
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_stop_signal_saves_the_step_reached_exits_130_and_resumes_to_the_same_metrics(tmp_path, tiny_sets, signum,
-                                                                                     full_run):
+def test_stop_signal_saves_the_step_reached_exits_130_and_resumes_to_the_same_metrics(
+    tmp_path, tiny_sets, signum, full_run
+):
     sets = _sets(tiny_sets)
     proc = _start(sets, tmp_path / "stopped")
     _wait_for_checkpoint(proc, tmp_path / "stopped")
@@ -140,14 +151,15 @@ def _newest(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
-def test_corrupted_newest_checkpoint_is_detected_and_the_previous_good_one_resumes(tmp_path, tiny_sets, full_run,
-                                                                                  damage):
+def test_corrupted_newest_checkpoint_is_detected_and_the_previous_good_one_resumes(
+    tmp_path, tiny_sets, full_run, damage
+):
     sets = _sets(tiny_sets)
     _train(sets, tmp_path / "run")
     newest = _newest(tmp_path / "run")
     data = bytearray(newest.read_bytes())
     if damage == "truncate":
-        del data[len(data) // 2:]
+        del data[len(data) // 2 :]
     else:
         data[len(data) // 2] ^= 0xFF
     newest.write_bytes(bytes(data))
@@ -178,8 +190,17 @@ def test_evaluate_on_a_corrupted_checkpoint_fails_with_one_clear_line(tmp_path, 
 
 def test_checkpoint_carries_optimizer_balancer_rng_step_and_dtme_plan(tmp_path, tiny_sets):
     """A DB-MTL + DTME run: expansion at step 2, checkpoint at step 3 (after expansion)."""
-    sets = _sets(tiny_sets, ["method.name=dbmtl", "dtme.enabled=true", "dtme.expand_at=0.5", "dtme.num_batches=1",
-                             "train.iterations=4", "dtme.num_tokens=2"])
+    sets = _sets(
+        tiny_sets,
+        [
+            "method.name=dbmtl",
+            "dtme.enabled=true",
+            "dtme.expand_at=0.5",
+            "dtme.num_batches=1",
+            "train.iterations=4",
+            "dtme.num_tokens=2",
+        ],
+    )
     _train(sets, tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "ckpt-00000003.pt")
     assert state["step"] == 3
@@ -203,8 +224,18 @@ class CrashAt(Callback):
 
 
 def test_resume_after_dtme_expansion_rebuilds_the_expanded_model(tmp_path, tiny_sets):
-    sets = _sets(tiny_sets, ["method.name=dbmtl", "dtme.enabled=true", "dtme.expand_at=0.5", "dtme.num_batches=1",
-                             "train.iterations=4", "dtme.num_tokens=2", "dtme.post_iterations=full"])
+    sets = _sets(
+        tiny_sets,
+        [
+            "method.name=dbmtl",
+            "dtme.enabled=true",
+            "dtme.expand_at=0.5",
+            "dtme.num_batches=1",
+            "train.iterations=4",
+            "dtme.num_tokens=2",
+            "dtme.post_iterations=full",
+        ],
+    )
     cfg = load_config("demo", overrides=sets)
     with one_thread():
         full = Trainer(cfg, tmp_path / "full")

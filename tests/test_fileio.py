@@ -1,4 +1,5 @@
 """Atomic writes (tokenmtl.fileio) and the progress-bar wrapper (tokenmtl.progress)."""
+
 from __future__ import annotations
 
 import stat

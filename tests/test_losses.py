@@ -37,9 +37,7 @@ def test_balanced_bce_equals_invpt_pos_weight_then_divide():
     logits = torch.randn(2, 1, 5, 5)
     target = (torch.rand(2, 1, 5, 5) > 0.7).float()
     w = 0.95
-    invpt = F.binary_cross_entropy_with_logits(
-        logits, target, pos_weight=torch.tensor(w / (1 - w))
-    ) / (1 / (1 - w))
+    invpt = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(w / (1 - w))) / (1 / (1 - w))
     assert balanced_bce_loss(logits, target, pos_weight=w).item() == pytest.approx(invpt.item())
 
 
@@ -76,9 +74,7 @@ def test_normals_loss_is_invariant_to_prediction_scale():
     torch.manual_seed(0)
     pred = torch.randn(2, 3, 4, 4)
     target = F.normalize(torch.randn(2, 3, 4, 4), dim=1)
-    assert normals_l1_loss(pred, target).item() == pytest.approx(
-        normals_l1_loss(7.5 * pred, target).item(), rel=1e-6
-    )
+    assert normals_l1_loss(pred, target).item() == pytest.approx(normals_l1_loss(7.5 * pred, target).item(), rel=1e-6)
 
 
 def test_normals_loss_sums_channels_and_skips_invalid_pixels():

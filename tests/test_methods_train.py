@@ -1,4 +1,5 @@
 """Every balancing method trains on the scenes config without NaN, alone and with DTME."""
+
 import math
 
 import pytest
@@ -19,8 +20,7 @@ class RecordLosses(Callback):
 
 @pytest.mark.parametrize("method", balancing.available())
 def test_every_method_trains_a_few_steps_with_finite_losses(tmp_path, tiny_sets, method):
-    sets = tiny_sets + [f"method.name={method}", "train.iterations=4", "train.eval_every=4",
-                        "train.checkpoint_every=4"]
+    sets = tiny_sets + [f"method.name={method}", "train.iterations=4", "train.eval_every=4", "train.checkpoint_every=4"]
     if method == "recon":
         sets += ["method.window=2", "method.top_k=2"]
     recorder = RecordLosses()
@@ -35,8 +35,13 @@ def test_every_method_trains_a_few_steps_with_finite_losses(tmp_path, tiny_sets,
 
 @pytest.mark.parametrize("method", ["dbmtl", "pcgrad", "famo", "uw", "nashmtl"])
 def test_methods_combine_with_dtme(tmp_path, tiny_sets, method):
-    sets = tiny_sets + [f"method.name={method}", "dtme.enabled=true", "dtme.expand_at=0.34",
-                        "dtme.num_batches=1", "train.iterations=3"]
+    sets = tiny_sets + [
+        f"method.name={method}",
+        "dtme.enabled=true",
+        "dtme.expand_at=0.34",
+        "dtme.num_batches=1",
+        "train.iterations=3",
+    ]
     trainer = Trainer(load_config("demo", overrides=sets), tmp_path / method)
     results = trainer.run()
     assert results["dtme"] is not None and results["params"]["added_by_dtme"] > 0

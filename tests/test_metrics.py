@@ -118,9 +118,7 @@ def test_depth_clamps_negative_predictions_at_zero():
 
 def normals_case() -> tuple[torch.Tensor, torch.Tensor]:
     """Angles 0, 90, 45, 135 degrees on four valid pixels, plus two invalid pixels."""
-    pred = torch.tensor(
-        [[0, 0, 2], [1, 0, 0], [1, 0, 1], [0, 1, -1], [1, 0, 0], [1, 0, 0]], dtype=torch.float32
-    )
+    pred = torch.tensor([[0, 0, 2], [1, 0, 0], [1, 0, 1], [0, 1, -1], [1, 0, 0], [1, 0, 0]], dtype=torch.float32)
     gt = torch.tensor(
         [[0, 0, 1], [0, 0, 1], [0, 0, 1], [0, 0, 1], [0, 0, 0], [255, 255, 255]],
         dtype=torch.float32,
@@ -141,8 +139,7 @@ def test_normals_angles_hand_case():
 
 def test_normals_opposite_vectors_are_180_degrees():
     meter = NormalsMeter()
-    meter.update(torch.tensor([0.0, 0.0, -1.0]).reshape(1, 3, 1, 1),
-                 torch.tensor([0.0, 0.0, 1.0]).reshape(1, 3, 1, 1))
+    meter.update(torch.tensor([0.0, 0.0, -1.0]).reshape(1, 3, 1, 1), torch.tensor([0.0, 0.0, 1.0]).reshape(1, 3, 1, 1))
     assert meter.compute()["mean"] == pytest.approx(180.0)
 
 
@@ -284,9 +281,7 @@ def test_match_count_equals_brute_force_on_random_points(seed):
     pred = [cells[i] for i in pick[:7]]
     gt = [cells[i] for i in rng.permutation(len(cells))[:6]]
     for radius in (1.0, 1.5, 2.3):
-        assert match_count(np.array(pred), np.array(gt), radius) == brute_force_matching(
-            pred, gt, radius
-        )
+        assert match_count(np.array(pred), np.array(gt), radius) == brute_force_matching(pred, gt, radius)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -44,17 +44,23 @@ def stanza(name, description, section="utils", tags=None, size=100, multi_arch=N
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = ["libs"] * 5 + ["python"] * 3 + ["contrib/games"] * 2   # 50% / 30% / 20%
+SECTIONS = ["libs"] * 5 + ["python"] * 3 + ["contrib/games"] * 2  # 50% / 30% / 20%
 ROLES = [["role::program"], ["role::shared-lib"], [], ["role::program", "role::plugin"], ["role::TODO"]]
 
 
 def synthetic_index(count=60, prefix="pkg", start=0):
     """`count` packages with cycling sections, role tags and sizes 2**(i % 12) KiB."""
     return "\n".join(
-        stanza(f"{prefix}{i:04d}", f"{prefix} tool number {i} for testing",
-               section=SECTIONS[i % len(SECTIONS)], tags=ROLES[i % len(ROLES)], size=2 ** (i % 12),
-               multi_arch=["same", "foreign", None][i % 3])
-        for i in range(start, start + count))
+        stanza(
+            f"{prefix}{i:04d}",
+            f"{prefix} tool number {i} for testing",
+            section=SECTIONS[i % len(SECTIONS)],
+            tags=ROLES[i % len(ROLES)],
+            size=2 ** (i % 12),
+            multi_arch=["same", "foreign", None][i % 3],
+        )
+        for i in range(start, start + count)
+    )
 
 
 def write(tmp_path, text, name="Packages"):
@@ -91,22 +97,36 @@ def test_parse_stanzas_joins_continuation_lines_and_numbers_stanzas():
 
 def test_expand_tags_handles_wrapped_lists_and_brace_groups():
     assert expand_tags("role::program, implemented-in::c,\n use::editing".replace("\n", " ")) == {
-        "role::program", "implemented-in::c", "use::editing"}
+        "role::program",
+        "implemented-in::c",
+        "use::editing",
+    }
     assert expand_tags("devel::{lang:c,library}, role::devel-lib") == {
-        "devel::lang:c", "devel::library", "role::devel-lib"}
+        "devel::lang:c",
+        "devel::library",
+        "role::devel-lib",
+    }
     assert expand_tags("") == frozenset()
 
 
 def test_strip_area_removes_archive_area_prefix():
     assert [strip_area(s) for s in ("net", "contrib/games", "non-free/libs", "universe/python")] == [
-        "net", "games", "libs", "python"]
+        "net",
+        "games",
+        "libs",
+        "python",
+    ]
 
 
 def test_parse_records_reads_fields_keeps_first_duplicate_and_skips_missing_descriptions():
-    text = (stanza("a", "First  a   desc", section="non-free/net", tags=["role::program"], size=7,
-                   multi_arch="Same")
-            + "\n" + stanza("a", "second copy of a") + "\n" + "Package: nodesc\nSection: libs\n\n"
-            + stanza("b", "b desc", section=None, size=None))
+    text = (
+        stanza("a", "First  a   desc", section="non-free/net", tags=["role::program"], size=7, multi_arch="Same")
+        + "\n"
+        + stanza("a", "second copy of a")
+        + "\n"
+        + "Package: nodesc\nSection: libs\n\n"
+        + stanza("b", "b desc", section=None, size=None)
+    )
     records = parse_records(IndexText(text, "mem", "0"))
     assert [r.name for r in records] == ["a", "b"]
     a, b = records
@@ -142,13 +162,16 @@ def test_empty_index_is_one_clear_error(tmp_path, text):
         bench(tmp_path, text).dataset("train", False)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("Package: a\nDescription: x\nthis line has no colon\n", "line 3 is not `Field: value`"),
-    (" leading continuation\nPackage: a\n", "line 1 is a continuation line"),
-    ("Package: a\nDescription: x\n\nSection: libs\nDescription: y\n", "stanza starting at line 4 has no Package"),
-    ("Package: a\nSection: libs\nSection: net\n", "field 'Section' repeated in the stanza starting at line 1"),
-    ("Package: a\nDescription: x\nInstalled-Size: 12kB\n", "package 'a' .*Installed-Size '12kB'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("Package: a\nDescription: x\nthis line has no colon\n", "line 3 is not `Field: value`"),
+        (" leading continuation\nPackage: a\n", "line 1 is a continuation line"),
+        ("Package: a\nDescription: x\n\nSection: libs\nDescription: y\n", "stanza starting at line 4 has no Package"),
+        ("Package: a\nSection: libs\nSection: net\n", "field 'Section' repeated in the stanza starting at line 1"),
+        ("Package: a\nDescription: x\nInstalled-Size: 12kB\n", "package 'a' .*Installed-Size '12kB'"),
+    ],
+)
 def test_malformed_index_error_names_file_and_line(tmp_path, text, message):
     with pytest.raises(DataError, match=message) as info:
         bench(tmp_path, text).dataset("train", False)
@@ -289,10 +312,16 @@ def test_rare_classes_merge_into_other_by_train_count(tmp_path):
     assert benchmark.class_names("section") == ["libs", "python", "other"]
     assert summary["tasks"]["section"]["merged_into_other"] == {"games": raw["games"]}
     assert summary["tasks"]["section"]["counts"]["train"] == {
-        "libs": raw["libs"], "python": raw["python"], "other": raw["games"]}
+        "libs": raw["libs"],
+        "python": raw["python"],
+        "other": raw["games"],
+    }
     other = benchmark.class_names("section").index("other")
-    games = [int(t) == other for p, t in zip(train.packages, train.targets["section"])
-             if SECTIONS[int(p[3:]) % len(SECTIONS)] == "contrib/games"]
+    games = [
+        int(t) == other
+        for p, t in zip(train.packages, train.targets["section"])
+        if SECTIONS[int(p[3:]) % len(SECTIONS)] == "contrib/games"
+    ]
     assert games and all(games)
 
 
@@ -386,8 +415,9 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(tmp_path):
 
 def test_registry_builds_the_benchmark_from_a_config_section(tmp_path):
     source = write(tmp_path, synthetic_index())
-    benchmark = create_benchmark({"name": "packages", "source": str(source), "cache_dir": str(tmp_path),
-                                  "min_class_count": 1}, progress=False)
+    benchmark = create_benchmark(
+        {"name": "packages", "source": str(source), "cache_dir": str(tmp_path), "min_class_count": 1}, progress=False
+    )
     assert isinstance(benchmark, pk.PackagesBenchmark)
     spec = benchmark.task_spec("section")
     assert spec.out_channels == 3 and spec.primary_metric == "macroF1" and not spec.lower_is_better
@@ -444,9 +474,13 @@ def test_scalar_meter_reports_mae_in_original_units():
     meter.update(torch.tensor([[1.0], [0.0], [5.0]]), torch.tensor([0.5, math.nan, 3.0]))
     meter.update(torch.tensor([-1.0]), torch.tensor([0.0]))
     errors = [0.5, 2.0, 1.0]
-    assert meter.compute() == pytest.approx({
-        "mae": 2.0 * sum(errors) / 3, "rmse": 2.0 * math.sqrt(sum(e * e for e in errors) / 3),
-        "mae_standardised": sum(errors) / 3})
+    assert meter.compute() == pytest.approx(
+        {
+            "mae": 2.0 * sum(errors) / 3,
+            "rmse": 2.0 * math.sqrt(sum(e * e for e in errors) / 3),
+            "mae_standardised": sum(errors) / 3,
+        }
+    )
 
 
 def test_classification_loss_is_mean_ce_over_labelled_examples():
@@ -509,8 +543,9 @@ def test_real_index_from_apt_builds_every_task(tmp_path):
 def test_data_root_folder_finds_its_packages_file(tmp_path):
     (tmp_path / "mirror").mkdir()
     (tmp_path / "mirror" / "Packages.gz").write_bytes(gzip.compress(synthetic_index().encode()))
-    benchmark = pk.PackagesBenchmark(root=tmp_path / "mirror", cache_dir=tmp_path / "c", min_class_count=1,
-                                     progress=False)
+    benchmark = pk.PackagesBenchmark(
+        root=tmp_path / "mirror", cache_dir=tmp_path / "c", min_class_count=1, progress=False
+    )
     assert benchmark.source == str(tmp_path / "mirror" / "Packages.gz")
     assert benchmark.class_names("section") == ["games", "libs", "python"]
     with pytest.raises(DataError, match="no package index in the data folder"):

@@ -56,7 +56,9 @@ def batch(seed: int, size: int = 16) -> tuple[Tensor, dict[str, Tensor]]:
     return x, {t: torch.randn(size, 2, generator=gen) for t in TASKS}
 
 
-def losses_of(model: TinyMultiTask, x: Tensor, y: dict[str, Tensor], scale: dict[str, float] | None = None) -> dict[str, Tensor]:
+def losses_of(
+    model: TinyMultiTask, x: Tensor, y: dict[str, Tensor], scale: dict[str, float] | None = None
+) -> dict[str, Tensor]:
     out = model(x)
     return {t: (scale or {}).get(t, 1.0) * ((out[t].float() - y[t]) ** 2).mean() for t in TASKS}
 
@@ -131,10 +133,20 @@ def _grads(model: nn.Module) -> dict[str, Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("name, options", [
-    ("dbmtl", {}), ("mgda", {}), ("nashmtl", {}), ("pcgrad", {"seed": 0}), ("imtl", {"loss_scale": True}),
-    ("cagrad", {}), ("ew", {}), ("uw", {}), ("famo", {"max_norm": 1e-3}),
-])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("dbmtl", {}),
+        ("mgda", {}),
+        ("nashmtl", {}),
+        ("pcgrad", {"seed": 0}),
+        ("imtl", {"loss_scale": True}),
+        ("cagrad", {}),
+        ("ew", {}),
+        ("uw", {}),
+        ("famo", {"max_norm": 1e-3}),
+    ],
+)
 def test_grad_scaler_gives_the_unscaled_run_times_s_bit_for_bit(name, options):
     """Every method sees the true gradients: .grad is exactly S times the unscaled run's."""
     grads = {}

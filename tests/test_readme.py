@@ -1,4 +1,5 @@
 """The README's promises: two set-up commands first, CI calls the test one, the DTME snippet runs."""
+
 import re
 from pathlib import Path
 

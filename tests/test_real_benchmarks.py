@@ -1,4 +1,5 @@
 """NYUD-v2, PASCAL-Context and Taskonomy loaders on tiny fixtures in their exact on-disk formats."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,15 @@ from tokenmtl.data.errors import DataError
 from tokenmtl.data.nyud import NYUDBenchmark
 from tokenmtl.data.pascal import PascalContextBenchmark, edges_from_labelmap, thin
 from tokenmtl.data.taskonomy import TASKS, TaskonomyBenchmark
-from tokenmtl.data.transforms import (EvalTransform, TrainTransform, hflip, hsv_to_rgb, pad_to,
-                                      photometric_distortion, rgb_to_hsv)
+from tokenmtl.data.transforms import (
+    EvalTransform,
+    TrainTransform,
+    hflip,
+    hsv_to_rgb,
+    pad_to,
+    photometric_distortion,
+    rgb_to_hsv,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SIZE = (40, 48)  # larger than the 32x40 NYUD fixture: eval pads
@@ -33,9 +41,11 @@ def pascal_root(tmp_path_factory) -> Path:
 
 
 def raw_nyud(root: Path, image_id: str) -> dict[str, np.ndarray]:
-    return {"seg": np.asarray(Image.open(root / "segmentation" / f"{image_id}.png")),
-            "depth": np.load(root / "depth" / f"{image_id}.npy"),
-            "edge": np.asarray(Image.open(root / "edge" / f"{image_id}.png"))}
+    return {
+        "seg": np.asarray(Image.open(root / "segmentation" / f"{image_id}.png")),
+        "depth": np.load(root / "depth" / f"{image_id}.npy"),
+        "edge": np.asarray(Image.open(root / "edge" / f"{image_id}.png")),
+    }
 
 
 # ---------------------------------------------------------------- NYUD-v2
@@ -50,10 +60,10 @@ def test_nyud_eval_sample_has_library_conventions(nyud_root):
     top, left = (SIZE[0] - 32) // 2, (SIZE[1] - 40) // 2
     inner = (slice(top, top + 32), slice(left, left + 40))
     seg = sample["semseg"][inner].numpy()
-    assert (seg[raw["seg"] == 0] == 255).all()                     # label 0 is ignored
+    assert (seg[raw["seg"] == 0] == 255).all()  # label 0 is ignored
     assert (seg[raw["seg"] > 0] == raw["seg"][raw["seg"] > 0] - 1).all()  # others x - 1
     depth = sample["depth"][0][inner].numpy()
-    np.testing.assert_allclose(depth, raw["depth"], rtol=1e-6)    # metres, 0 stays invalid
+    np.testing.assert_allclose(depth, raw["depth"], rtol=1e-6)  # metres, 0 stays invalid
     assert (depth[:, 0] == 0).all()
     assert set(np.unique(sample["edge"][0][inner].numpy())) <= {0.0, 1.0}
     np.testing.assert_array_equal(sample["edge"][0][inner].numpy(), raw["edge"] / 255.0)
@@ -114,8 +124,8 @@ def test_random_scaling_divides_depth_by_the_scale_factor():
 
 def test_hflip_mirrors_and_negates_normals_x():
     normals = torch.randn(3, 4, 5)
-    sample = hflip({"image": torch.arange(20.).view(1, 4, 5).expand(3, 4, 5), "normals": normals})
-    assert torch.equal(sample["image"][0, 0], torch.tensor([4., 3., 2., 1., 0.]))
+    sample = hflip({"image": torch.arange(20.0).view(1, 4, 5).expand(3, 4, 5), "normals": normals})
+    assert torch.equal(sample["image"][0, 0], torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0]))
     assert torch.equal(sample["normals"][0], -normals[0].flip(-1))
     assert torch.equal(sample["normals"][1:], normals[1:].flip(-1))
 
@@ -173,8 +183,9 @@ def test_missing_listed_file_names_file_and_task_or_is_skipped(tmp_path):
     assert "skipped 1 of 3" in ds.bad_samples.summary()
 
 
-@pytest.mark.parametrize("corrupt, message", [
-    ("shape", "shape"), ("range", "out of range"), ("unreadable", "unreadable image")])
+@pytest.mark.parametrize(
+    "corrupt, message", [("shape", "shape"), ("range", "out of range"), ("unreadable", "unreadable image")]
+)
 def test_bad_files_raise_naming_file_and_task(tmp_path, corrupt, message):
     root = write_nyud(tmp_path)
     if corrupt == "shape":
@@ -211,14 +222,14 @@ def test_pascal_sample_shapes_and_targets(pascal_root):
     assert person["semseg"].dtype == torch.int64 and person["human_parts"].dtype == torch.int64
     inner = (slice(4, 28), slice(0, 32))  # 24x32 fixture padded to 32x32
     parts = person["human_parts"][inner]
-    assert set(torch.unique(parts).tolist()) == {0, 1, 2}           # background, head, torso
+    assert set(torch.unique(parts).tolist()) == {0, 1, 2}  # background, head, torso
     assert (parts[2:5, 2:10] == 1).all() and (parts[5:12, 2:10] == 2).all()
-    assert (dog["human_parts"] == 255).all()                         # no person: ignored
+    assert (dog["human_parts"] == 255).all()  # no person: ignored
     assert set(torch.unique(person["saliency"][:, inner[0]]).tolist()) <= {0.0, 1.0}
     assert set(torch.unique(person["semseg"]).tolist()) <= set(range(21)) | {255}
     normals = person["normals"][:, inner[0], inner[1]]
-    assert (normals[:, :, 16:] == 0).all()                           # class 1: not an NYU class
-    assert (normals[:, :, :16].norm(dim=0) > 0.9).all()              # class 3: kept
+    assert (normals[:, :, 16:] == 0).all()  # class 1: not an NYU class
+    assert (normals[:, :, :16].norm(dim=0) > 0.9).all()  # class 3: kept
     edge = person["edge"][0][inner]
     assert (edge[:, 15] == 1).sum() + (edge[:, 16] == 1).sum() >= 20 and edge.sum() <= 24
     specs = {t: bench.task_spec(t) for t in bench.available_tasks}
@@ -241,14 +252,18 @@ def test_pascal_train_sample_is_cropped_and_binary(pascal_root):
 def test_pascal_malformed_part_annotation_is_named(tmp_path):
     root = write_pascal(tmp_path)
     from scipy.io import savemat
+
     savemat(root / "human_parts" / "2008_000000.mat", {"something": np.zeros(3)})
     ds = PascalContextBenchmark(root, image_size=(32, 32)).dataset("train", False)
     with pytest.raises(DataError, match="'anno'") as err:
         ds[0]
     assert "2008_000000.mat" in str(err.value) and "'human_parts'" in str(err.value)
     mask = np.zeros((24, 32), bool)
-    write_part_annotation(root / "human_parts" / "2008_000000.mat", "x",
-                          [{"class": "person", "class_ind": 15, "mask": mask, "parts": {"tail": mask}}])
+    write_part_annotation(
+        root / "human_parts" / "2008_000000.mat",
+        "x",
+        [{"class": "person", "class_ind": 15, "mask": mask, "parts": {"tail": mask}}],
+    )
     with pytest.raises(DataError, match="unknown person part"):
         ds[0]
 
@@ -272,7 +287,7 @@ def test_taskonomy_loads_the_eleven_tasks(tmp_path, omnidata_level):
     assert len(train) == 4 and len(test) == 2  # train+val buildings / test building
     sample = test[0]
     assert sample["image"].shape == (3, 16, 16) and sample["image"].abs().max() <= 1.0
-    for task, (channels, metric) in TASKS.items():
+    for task, (channels, _metric) in TASKS.items():
         assert sample[task].shape == (channels, 16, 16) and sample[task].dtype == torch.float32
         assert bench.task_spec(task).out_channels == channels
     assert ((sample["depth_euclidean"] >= 0) & (sample["depth_euclidean"] <= 1)).all()
@@ -295,15 +310,17 @@ def test_taskonomy_missing_task_file_is_named(tmp_path):
 
 
 # ---------------------------------------------------------------- configs
-@pytest.mark.parametrize("name", ["nyud_vit_t", "nyud_vit_s", "nyud_vit_b", "pascal_vit_t",
-                                  "pascal_vit_s", "pascal_vit_b", "taskonomy_vit_b"])
+@pytest.mark.parametrize(
+    "name",
+    ["nyud_vit_t", "nyud_vit_s", "nyud_vit_b", "pascal_vit_t", "pascal_vit_s", "pascal_vit_b", "taskonomy_vit_b"],
+)
 def test_paper_configs_validate_and_match_the_paper(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     train = cfg["train"]
-    assert (train["iterations"], train["batch_size"], train["lr"], train["weight_decay"]) == \
-        (60000, 6, 2.0e-5, 1.0e-6)
+    assert (train["iterations"], train["batch_size"], train["lr"], train["weight_decay"]) == (60000, 6, 2.0e-5, 1.0e-6)
     assert cfg["model"]["pretrained"] is True and cfg["model"]["drop_path_rate"] == 0.15
     assert cfg["model"]["img_size"] == cfg["benchmark"]["image_size"]
-    bench_cls = {"nyud": NYUDBenchmark, "pascal": PascalContextBenchmark,
-                 "taskonomy": TaskonomyBenchmark}[cfg["benchmark"]["name"]]
+    bench_cls = {"nyud": NYUDBenchmark, "pascal": PascalContextBenchmark, "taskonomy": TaskonomyBenchmark}[
+        cfg["benchmark"]["name"]
+    ]
     assert set(cfg["tasks"]) == set(bench_cls.available_tasks)

@@ -1,4 +1,5 @@
 """Recon: per-layer S-conflict scores, the choice of layers, and branching inside a run."""
+
 import itertools
 import json
 
@@ -85,8 +86,11 @@ def test_recon_is_still_a_balancing_method_by_name():
 
 
 def test_recon_with_dtme_branches_at_the_expansion_step(tmp_path, tiny_sets):
-    cfg = load_config("demo", overrides=tiny_sets + ["method.name=recon", "method.top_k=1", "dtme.enabled=true",
-                                                      "dtme.expand_at=0.5", "dtme.num_batches=1"])
+    cfg = load_config(
+        "demo",
+        overrides=tiny_sets
+        + ["method.name=recon", "method.top_k=1", "dtme.enabled=true", "dtme.expand_at=0.5", "dtme.num_batches=1"],
+    )
     trainer = Trainer(cfg, tmp_path / "both")
     results = trainer.run()
     assert results["recon"]["split_step"] == 3 and results["dtme"]["expand_step"] == 3

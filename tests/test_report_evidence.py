@@ -1,4 +1,5 @@
 """benchmarks/dtme_evidence.py: the plan of the grid, and a tiny grid trained, resumed and tabulated."""
+
 import importlib.util
 import json
 import statistics
@@ -29,16 +30,30 @@ def driver_sets(tiny_sets):
 
 def test_dry_run_plans_variants_seeds_and_one_budget(evidence, tmp_path, tiny_sets, capsys):
     sets = tiny_sets + ["tasks=[depth,edge]", "dtme.post_iterations=full"]
-    code = evidence.main(["--seeds", "2", "--variants", "st,mt-ew,mt-ew-empty-plan", "--out", str(tmp_path / "g"),
-                          "--dry-run", *[a for s in sets for a in ("--set", s)]])
+    code = evidence.main(
+        [
+            "--seeds",
+            "2",
+            "--variants",
+            "st,mt-ew,mt-ew-empty-plan",
+            "--out",
+            str(tmp_path / "g"),
+            "--dry-run",
+            *[a for s in sets for a in ("--set", s)],
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "8 runs (3 variants x 2 seeds, ST per task), 8 to train" in out
     assert "every run 8 iterations" in out  # DTME: round(0.25 * 6) = 2 warm-up + 6 after expansion
     assert not (tmp_path / "g").exists()
     runs = evidence.plan_runs("demo", [0, 1], ["st", "mt-ew", "mt-ew-empty-plan"], sets, tmp_path / "g")
-    assert [r.out.relative_to(tmp_path / "g").as_posix() for r in runs[:4]] == \
-        ["st-depth/seed0", "st-edge/seed0", "st-depth/seed1", "st-edge/seed1"]
+    assert [r.out.relative_to(tmp_path / "g").as_posix() for r in runs[:4]] == [
+        "st-depth/seed0",
+        "st-edge/seed0",
+        "st-depth/seed1",
+        "st-edge/seed1",
+    ]
     configs = {(r.variant, r.seed): load_config("demo", r.sets) for r in runs}
     assert configs[("st-edge", 1)]["tasks"] == ["edge"] and configs[("st-edge", 1)]["train"]["seed"] == 1
     for (variant, _), cfg in configs.items():  # the same budget for every row
@@ -60,7 +75,9 @@ def test_grid_trains_skips_finished_runs_and_never_averages_ablations(evidence, 
     out = tmp_path / "grid"
     args = ["--seeds", "2", "--variants", "st,mt-ew-tm,mt-ew-te", "--out", str(out), *driver_sets(tiny_sets)]
     assert evidence.main(args) == 0
-    results = {p.parent.relative_to(out).as_posix(): json.loads(p.read_text()) for p in out.glob("*/seed*/results.json")}
+    results = {
+        p.parent.relative_to(out).as_posix(): json.loads(p.read_text()) for p in out.glob("*/seed*/results.json")
+    }
     assert len(results) == 8
     for name, run in results.items():  # the trainer's hash is the one compare recomputes from config.yaml
         config = read_yaml((out / name / "config.yaml").read_text())
@@ -74,8 +91,13 @@ def test_grid_trains_skips_finished_runs_and_never_averages_ablations(evidence, 
         per_seed = []
         for seed in (0, 1):
             mt, st_d, st_e = (results[f"{v}/seed{seed}"]["tasks"] for v in (variant, "st-depth", "st-edge"))
-            per_seed.append(50.0 * (-(mt["depth"]["rmse"] - st_d["depth"]["rmse"]) / st_d["depth"]["rmse"]
-                                    + (mt["edge"]["odsF"] - st_e["edge"]["odsF"]) / st_e["edge"]["odsF"]))
+            per_seed.append(
+                50.0
+                * (
+                    -(mt["depth"]["rmse"] - st_d["depth"]["rmse"]) / st_d["depth"]["rmse"]
+                    + (mt["edge"]["odsF"] - st_e["edge"]["odsF"]) / st_e["edge"]["odsF"]
+                )
+            )
         line = next(l for l in table.splitlines() if l.startswith(f"| {label} |"))
         assert f"{statistics.fmean(per_seed):+.2f} ± {statistics.stdev(per_seed):.2f}" in line
         assert line.split(" | ")[1] == "2"  # two seeds of this variant, not four of both

@@ -1,4 +1,5 @@
 """Report plots and their data: task weights over steps from metrics.csv, conflicts before vs after."""
+
 import csv
 
 import pytest
@@ -22,9 +23,14 @@ def weights_log(folder, scale=1.0):
     """Two tasks' weights and DTME norms at steps 2, 1, 3 (out of order), mixed with other keys."""
     rows = []
     for step in (2, 1, 3):
-        rows += [(step, "train", "loss/depth", 0.5), (step, "train", "weight/depth", scale * step),
-                 (step, "train", "weight/edge", 2.0 - 0.5 * step), (step, "train", "dtme/added_norm/depth", 0.1 * step),
-                 (step, "train", "dtme_norm/edge", 0.2 * step), (step, "train", "lr", 0.001)]
+        rows += [
+            (step, "train", "loss/depth", 0.5),
+            (step, "train", "weight/depth", scale * step),
+            (step, "train", "weight/edge", 2.0 - 0.5 * step),
+            (step, "train", "dtme/added_norm/depth", 0.1 * step),
+            (step, "train", "dtme_norm/edge", 0.2 * step),
+            (step, "train", "lr", 0.001),
+        ]
     rows.append((3, "val", "depth/rmse", 1.0))
     return write_long_csv(folder, rows)
 
@@ -33,7 +39,7 @@ def test_read_task_series_from_long_metrics_csv_in_step_order(tmp_path):
     folder = weights_log(tmp_path / "run")
     weights = read_task_series(folder, "weight")
     assert weights == {"depth": ([1, 2, 3], [1.0, 2.0, 3.0]), "edge": ([1, 2, 3], [1.5, 1.0, 0.5])}
-    (steps, norms), = read_task_series(folder / "metrics.csv", "dtme/added_norm").values()
+    ((steps, norms),) = read_task_series(folder / "metrics.csv", "dtme/added_norm").values()
     assert steps == [1, 2, 3] and norms == pytest.approx([0.1, 0.2, 0.3])
     assert read_task_series(folder, "dtme_norm")["edge"][1] == pytest.approx([0.2, 0.4, 0.6])
     assert read_task_series(folder, "nothing") == {}
@@ -63,12 +69,32 @@ def test_plot_task_series_without_logged_weights_is_a_clear_error(tmp_path):
 
 def report(rates):
     """A ConflictReport with (range, null) conflict rates per layer 0..L-1."""
-    layers = [{"layer": i, "dim": 8, "k": 4, "range_conflict_rate": r, "null_conflict_rate": n,
-               "range_mean_cosine": 0.0, "null_mean_cosine": 0.0, "pairs_counted": 100.0, "eigenvalues": [1.0] * 8}
-              for i, (r, n) in enumerate(rates)]
-    return ConflictReport.from_dict({"tasks": ["depth", "edge"], "num_blocks": len(rates), "layers": layers,
-                                     "r": 100.0, "energy_fraction": None, "num_batches": 2, "num_tokens": 64.0,
-                                     "exclude_prefix": False})
+    layers = [
+        {
+            "layer": i,
+            "dim": 8,
+            "k": 4,
+            "range_conflict_rate": r,
+            "null_conflict_rate": n,
+            "range_mean_cosine": 0.0,
+            "null_mean_cosine": 0.0,
+            "pairs_counted": 100.0,
+            "eigenvalues": [1.0] * 8,
+        }
+        for i, (r, n) in enumerate(rates)
+    ]
+    return ConflictReport.from_dict(
+        {
+            "tasks": ["depth", "edge"],
+            "num_blocks": len(rates),
+            "layers": layers,
+            "r": 100.0,
+            "energy_fraction": None,
+            "num_batches": 2,
+            "num_tokens": 64.0,
+            "exclude_prefix": False,
+        }
+    )
 
 
 def test_conflict_change_means_and_plan_layers(tmp_path):

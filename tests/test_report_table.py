@@ -1,4 +1,5 @@
 """Comparison tables from synthetic run folders: settings as rows, paired delta-m, refusals of mixed runs."""
+
 import json
 import math
 import statistics
@@ -15,21 +16,43 @@ from tokenmtl.report.table import build_comparison
 PRIMARY = {"depth": ["rmse", True], "edge": ["odsF", False]}
 
 
-def write_run(folder, metrics, seed=0, sets=(), iterations=600, params=1000, added=0, plan=None,
-              timing=(10.0, 0.0, 1.0), extra=None):
+def write_run(
+    folder,
+    metrics,
+    seed=0,
+    sets=(),
+    iterations=600,
+    params=1000,
+    added=0,
+    plan=None,
+    timing=(10.0, 0.0, 1.0),
+    extra=None,
+):
     """A run folder as the trainer leaves it: config.yaml (resolved) and results.json."""
     tasks = list(metrics)
-    cfg = load_config(None, [f"tasks=[{','.join(tasks)}]", f"train.seed={seed}", f"train.iterations={iterations}", *sets])
+    cfg = load_config(
+        None, [f"tasks=[{','.join(tasks)}]", f"train.seed={seed}", f"train.iterations={iterations}", *sets]
+    )
     folder.mkdir(parents=True)
     dump_config(cfg, folder / "config.yaml")
     train_s, dtme_s, eval_s = timing
     results = {
         "tasks": {t: {PRIMARY[t][0]: v, "other": 123.0} for t, v in metrics.items()},
-        "delta_m": None, "params": {"total": params, "added_by_dtme": added, "added_by_recon": 0},
-        "method": cfg["method"]["name"], "dtme": plan, "seed": seed, "split": "test",
-        "timing": {"train_seconds": train_s, "dtme_seconds": dtme_s, "final_eval_seconds": eval_s,
-                   "iterations": iterations},
-        "primary": {t: PRIMARY[t] for t in tasks}, "name": cfg["name"], **(extra or {}),
+        "delta_m": None,
+        "params": {"total": params, "added_by_dtme": added, "added_by_recon": 0},
+        "method": cfg["method"]["name"],
+        "dtme": plan,
+        "seed": seed,
+        "split": "test",
+        "timing": {
+            "train_seconds": train_s,
+            "dtme_seconds": dtme_s,
+            "final_eval_seconds": eval_s,
+            "iterations": iterations,
+        },
+        "primary": {t: PRIMARY[t] for t in tasks},
+        "name": cfg["name"],
+        **(extra or {}),
     }
     (folder / "results.json").write_text(json.dumps(results))
     return folder
@@ -83,14 +106,30 @@ def test_ablations_are_separate_rows_and_name_or_log_keys_are_not(tmp_path):
     st_pair(tmp_path)
     plan = {"tm": [1], "te": [], "strategy": "conflict"}
     for seed, (tm_d, te_d) in enumerate([(1.0, 3.0), (2.0, 5.0)]):
-        write_run(tmp_path / f"tm-{seed}", {"depth": tm_d, "edge": 50.0}, seed=seed, added=64, plan=plan,
-                  sets=["dtme.enabled=true", "dtme.mode=tm", f"name=tm-run-{seed}", f"log.progress={seed == 0}"])
-        write_run(tmp_path / f"te-{seed}", {"depth": te_d, "edge": 50.0}, seed=seed, added=96,
-                  plan={"tm": [], "te": [0], "strategy": "conflict"},
-                  sets=["dtme.enabled=true", "dtme.mode=te", "name=same-name"])
+        write_run(
+            tmp_path / f"tm-{seed}",
+            {"depth": tm_d, "edge": 50.0},
+            seed=seed,
+            added=64,
+            plan=plan,
+            sets=["dtme.enabled=true", "dtme.mode=tm", f"name=tm-run-{seed}", f"log.progress={seed == 0}"],
+        )
+        write_run(
+            tmp_path / f"te-{seed}",
+            {"depth": te_d, "edge": 50.0},
+            seed=seed,
+            added=96,
+            plan={"tm": [], "te": [0], "strategy": "conflict"},
+            sets=["dtme.enabled=true", "dtme.mode=te", "name=same-name"],
+        )
         for ratio in (0.25, 0.75):
-            write_run(tmp_path / f"r{ratio}-{seed}", {"depth": 3.0 * ratio + seed, "edge": 50.0}, seed=seed,
-                      plan=plan, sets=["dtme.enabled=true", "dtme.mode=tm", f"dtme.ratio={ratio}"])
+            write_run(
+                tmp_path / f"r{ratio}-{seed}",
+                {"depth": 3.0 * ratio + seed, "edge": 50.0},
+                seed=seed,
+                plan=plan,
+                sets=["dtme.enabled=true", "dtme.mode=tm", f"dtme.ratio={ratio}"],
+            )
     comparison = build_comparison(load_runs([tmp_path]))
     tm, te = row(comparison, "EW + TM (dtme.ratio=0.5)"), row(comparison, "EW + TE")
     assert tm.seeds == [0, 1] and te.seeds == [0, 1]  # name and log.progress differ: still one setting
@@ -103,10 +142,19 @@ def test_ablations_are_separate_rows_and_name_or_log_keys_are_not(tmp_path):
 
 def test_empty_plan_control_and_strategy_get_their_own_labels(tmp_path):
     st_pair(tmp_path, seeds=(0,), depth=(2.0,), edge=(50.0,))
-    write_run(tmp_path / "ctl", {"depth": 2.0, "edge": 50.0}, plan={"tm": [], "te": []},
-              sets=["dtme.enabled=true", "dtme.ratio=0.01"])
-    write_run(tmp_path / "rnd", {"depth": 1.0, "edge": 50.0}, plan={"tm": [0], "te": [1]}, added=10,
-              sets=["dtme.enabled=true", "dtme.strategy=random"])
+    write_run(
+        tmp_path / "ctl",
+        {"depth": 2.0, "edge": 50.0},
+        plan={"tm": [], "te": []},
+        sets=["dtme.enabled=true", "dtme.ratio=0.01"],
+    )
+    write_run(
+        tmp_path / "rnd",
+        {"depth": 1.0, "edge": 50.0},
+        plan={"tm": [0], "te": [1]},
+        added=10,
+        sets=["dtme.enabled=true", "dtme.strategy=random"],
+    )
     comparison = build_comparison(load_runs([tmp_path]))
     assert row(comparison, "EW + DTME empty plan").delta_m == pytest.approx((0.0, 0.0))
     assert row(comparison, "EW + TM+TE (random)").delta_m == pytest.approx((25.0, 0.0))
@@ -114,10 +162,26 @@ def test_empty_plan_control_and_strategy_get_their_own_labels(tmp_path):
 
 def test_table_shows_iterations_params_and_wall_time(tmp_path):
     st_pair(tmp_path, timing=(4.0, 0.0, 1.0))
-    write_run(tmp_path / "mt-0", {"depth": 2.0, "edge": 50.0}, seed=0, params=5000, added=300,
-              timing=(20.0, 3.0, 1.0), plan={"tm": [0], "te": [1]}, sets=["dtme.enabled=true"])
-    write_run(tmp_path / "mt-1", {"depth": 4.0, "edge": 40.0}, seed=1, params=5000, added=300,
-              timing=(22.0, 5.0, 1.0), plan={"tm": [0], "te": [1]}, sets=["dtme.enabled=true"])
+    write_run(
+        tmp_path / "mt-0",
+        {"depth": 2.0, "edge": 50.0},
+        seed=0,
+        params=5000,
+        added=300,
+        timing=(20.0, 3.0, 1.0),
+        plan={"tm": [0], "te": [1]},
+        sets=["dtme.enabled=true"],
+    )
+    write_run(
+        tmp_path / "mt-1",
+        {"depth": 4.0, "edge": 40.0},
+        seed=1,
+        params=5000,
+        added=300,
+        timing=(22.0, 5.0, 1.0),
+        plan={"tm": [0], "te": [1]},
+        sets=["dtme.enabled=true"],
+    )
     comparison = build_comparison(load_runs([tmp_path]))
     mt = row(comparison, "EW + TM+TE")
     assert mt.iterations == [600] and mt.wall_seconds == pytest.approx((26.0, statistics.stdev([24.0, 28.0])))
@@ -138,8 +202,13 @@ def test_iterations_from_results_top_level_win_and_wall_time_counts_edits(tmp_pa
 def test_refuses_different_budgets_unless_allow_mixed(tmp_path):
     st_pair(tmp_path)
     write_run(tmp_path / "a", {"depth": 2.0, "edge": 50.0}, iterations=600)
-    write_run(tmp_path / "b", {"depth": 2.0, "edge": 50.0}, iterations=750, sets=["dtme.enabled=true"],
-              plan={"tm": [0], "te": [0]})
+    write_run(
+        tmp_path / "b",
+        {"depth": 2.0, "edge": 50.0},
+        iterations=750,
+        sets=["dtme.enabled=true"],
+        plan={"tm": [0], "te": [0]},
+    )
     with pytest.raises(MixedComparisonError, match=r"iterations 600 vs 750.*allow_mixed"):
         build_comparison(load_runs([tmp_path]))
     comparison = build_comparison(load_runs([tmp_path]), allow_mixed=True)
@@ -186,14 +255,24 @@ def test_two_runs_of_one_setting_and_seed_are_an_error(tmp_path):
 
 def test_settings_hash_ignores_seed_name_and_output_keys_only():
     base = load_config(None, ["tasks=[depth,edge]"])
-    same = load_config(None, ["tasks=[depth,edge]", "train.seed=7", "name=x", "log.tensorboard=false",
-                              "train.checkpoint_every=5", "benchmark.cache_dir=/tmp/elsewhere"])
+    same = load_config(
+        None,
+        [
+            "tasks=[depth,edge]",
+            "train.seed=7",
+            "name=x",
+            "log.tensorboard=false",
+            "train.checkpoint_every=5",
+            "benchmark.cache_dir=/tmp/elsewhere",
+        ],
+    )
     assert settings_hash(base) == settings_hash(same)
     for change in ("train.lr=0.01", "dtme.mode=tm", "tasks=[edge,depth]", "method.name=dbmtl", "model.depth=3"):
         assert settings_hash(load_config(None, ["tasks=[depth,edge]", change])) != settings_hash(base), change
     defaults = load_config(None, [])
     assert settings_hash(defaults, ["semseg", "depth"]) == settings_hash(
-        load_config(None, ["tasks=[semseg,depth]"]), ["semseg", "depth"])  # tasks: null resolved = listed
+        load_config(None, ["tasks=[semseg,depth]"]), ["semseg", "depth"]
+    )  # tasks: null resolved = listed
 
 
 def test_settings_hash_in_results_is_used_when_present(tmp_path):

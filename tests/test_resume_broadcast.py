@@ -4,6 +4,7 @@ Two gloo processes whose ranks see different folders: only rank 0's holds the ch
 1's holds a decoy checkpoint that must never be read). Every scenario runs in the same pair of
 processes, one after the other; each rank writes what it got, and the test compares.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,15 @@ def _folders(root: Path) -> None:
 
 def _worker(rank: int, port: int, root: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(WORLD),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     from tokenmtl.engine.distributed import DistContext
 
     dist = DistContext.from_env()
@@ -145,10 +153,23 @@ def _trainer_resumes_through_broadcast() -> bool:
 
 
 E2E_SETS = [
-    "benchmark.image_size=32", "benchmark.train_size=16", "benchmark.val_size=4", "benchmark.test_size=4",
-    "model.img_size=32", "model.patch_size=8", "model.depth=2", "model.embed_dim=32", "model.num_heads=2",
-    "train.iterations=4", "train.eval_every=100", "train.checkpoint_every=2", "train.batch_size=2",
-    "eval.batch_size=4", "log.tensorboard=false", "log.progress=false", "method.name=pcgrad",
+    "benchmark.image_size=32",
+    "benchmark.train_size=16",
+    "benchmark.val_size=4",
+    "benchmark.test_size=4",
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.depth=2",
+    "model.embed_dim=32",
+    "model.num_heads=2",
+    "train.iterations=4",
+    "train.eval_every=100",
+    "train.checkpoint_every=2",
+    "train.batch_size=2",
+    "eval.batch_size=4",
+    "log.tensorboard=false",
+    "log.progress=false",
+    "method.name=pcgrad",
 ]
 
 
@@ -156,8 +177,15 @@ def _e2e_worker(rank: int, port: int, cache: str, root: str) -> None:
     """Rank r trains into root/<run>/rank<r>: an uninterrupted run, then one stopped after step 2
     and resumed; rank 1's folder never holds a checkpoint (only rank 0 writes)."""
     torch.set_num_threads(1)
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(WORLD),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     from tokenmtl.config import load_config
     from tokenmtl.engine.distributed import DistContext
     from tokenmtl.engine.trainer import Trainer
@@ -183,14 +211,17 @@ def _e2e_worker(rank: int, port: int, cache: str, root: str) -> None:
         assert not (Path(root) / "cut" / "rank1" / "checkpoints").exists() or rank == 0
         resumed = Trainer(cfg, Path(root) / "cut" / f"rank{rank}", resume=True, dist=dist)
         resumed.run()
-        torch.save({"full": full.model.state_dict(), "resumed": resumed.model.state_dict()},
-                   Path(root) / f"e2e-rank{rank}.pt")
+        torch.save(
+            {"full": full.model.state_dict(), "resumed": resumed.model.state_dict()}, Path(root) / f"e2e-rank{rank}.pt"
+        )
     finally:
         dist.close()
 
 
-@pytest.mark.skipif(not _trainer_resumes_through_broadcast(),
-                    reason="needs trainer wiring: Trainer._restore must call load_resume_state")
+@pytest.mark.skipif(
+    not _trainer_resumes_through_broadcast(),
+    reason="needs trainer wiring: Trainer._restore must call load_resume_state",
+)
 def test_two_ranks_without_a_shared_disk_resume_to_the_uninterrupted_run(tmp_path, scenes_cache):
     from tokenmtl.config import load_config
     from tokenmtl.data.base import create_benchmark
@@ -200,8 +231,10 @@ def test_two_ranks_without_a_shared_disk_resume_to_the_uninterrupted_run(tmp_pat
         create_benchmark(cfg["benchmark"]).dataset(split, train=False)
     context = mp.get_context("spawn")
     port = _free_port()
-    procs = [context.Process(target=_e2e_worker, args=(r, port, scenes_cache, str(tmp_path)), daemon=True)
-             for r in range(WORLD)]
+    procs = [
+        context.Process(target=_e2e_worker, args=(r, port, scenes_cache, str(tmp_path)), daemon=True)
+        for r in range(WORLD)
+    ]
     for proc in procs:
         proc.start()
     deadline = time.monotonic() + 240

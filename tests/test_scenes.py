@@ -35,8 +35,17 @@ def one_object_scene(obj: Primitive | None, light=(0.0, 1.0, 0.0), shadows: bool
     """Camera at (0, 1.5, 0.5) looking straight down +z (fov 60), room 5 x 3 x 7, plain surfaces."""
     camera = Camera.looking([0.0, 1.5, 0.5], yaw_deg=0.0, pitch_deg=0.0, fov_deg=60.0)
     floor, wall = Surface(np.array([0.6, 0.5, 0.4])), Surface(np.array([0.8, 0.8, 0.8]))
-    return Scene(camera, np.array([5.0, 3.0, 7.0]), floor, wall, [] if obj is None else [obj],
-                 np.asarray(light, dtype=float), ambient=0.3, noise_std=0.0, shadows=shadows)
+    return Scene(
+        camera,
+        np.array([5.0, 3.0, 7.0]),
+        floor,
+        wall,
+        [] if obj is None else [obj],
+        np.asarray(light, dtype=float),
+        ambient=0.3,
+        noise_std=0.0,
+        shadows=shadows,
+    )
 
 
 def sphere(center=(0.0, 1.5, 3.5), radius=0.5) -> Primitive:
@@ -50,7 +59,7 @@ def sphere(center=(0.0, 1.5, 3.5), radius=0.5) -> Primitive:
 def test_sphere_centre_pixel_has_analytic_depth_normal_and_curvature():
     out = render(one_object_scene(sphere()), (33, 33))
     assert out["semseg"][16, 16] == 2
-    assert out["depth"][16, 16] == pytest.approx(2.5, abs=1e-9)           # 3.5 - 0.5 along the axis
+    assert out["depth"][16, 16] == pytest.approx(2.5, abs=1e-9)  # 3.5 - 0.5 along the axis
     np.testing.assert_allclose(out["normals"][16, 16], [0.0, 0.0, 1.0], atol=1e-9)
     np.testing.assert_allclose(out["curvature"][16, 16], [2.0, 2.0])
     assert out["reshading"][16, 16] == pytest.approx(scenes.RESHADING_LIGHT[2])
@@ -65,14 +74,14 @@ def test_sphere_off_centre_pixel_matches_ray_sphere_solution():
     a, b, c = d @ d, 2 * d @ oc, oc @ oc - 0.25
     t = (-b - np.sqrt(b * b - 4 * a * c)) / (2 * a)
     n = (oc + t * d) / 0.5
-    assert out["depth"][i, j] == pytest.approx(t, abs=1e-9)                # z-depth = t since d_z = 1
+    assert out["depth"][i, j] == pytest.approx(t, abs=1e-9)  # z-depth = t since d_z = 1
     np.testing.assert_allclose(out["normals"][i, j], [n[0], n[1], -n[2]], atol=1e-9)
 
 
 def test_room_pixels_hit_the_back_wall_and_floor_at_analytic_depths():
     out = render(one_object_scene(None), (33, 33))
     assert out["semseg"][16, 10] == scenes.WALL
-    assert out["depth"][16, 10] == pytest.approx(6.5)                      # back wall z = 7, camera z = 0.5
+    assert out["depth"][16, 10] == pytest.approx(6.5)  # back wall z = 7, camera z = 0.5
     np.testing.assert_allclose(out["normals"][16, 10], [0, 0, 1], atol=1e-12)
     ys = (1 - 32.5 / 33 * 2) * np.tan(np.radians(30.0))
     assert out["semseg"][32, 16] == scenes.FLOOR
@@ -94,7 +103,7 @@ def test_cylinder_side_depth_normal_and_curvature():
     cyl = Primitive("cylinder", center, half, 0.0, 6, Surface(np.ones(3)))
     out = render(one_object_scene(cyl), (33, 33))
     assert out["semseg"][16, 16] == 6
-    assert out["depth"][16, 16] == pytest.approx(3.1 - 0.5)                 # side at z = 3.5 - 0.4
+    assert out["depth"][16, 16] == pytest.approx(3.1 - 0.5)  # side at z = 3.5 - 0.4
     np.testing.assert_allclose(out["normals"][16, 16], [0, 0, 1], atol=1e-9)
     np.testing.assert_allclose(out["curvature"][16, 16], [2.5, 0.0])
 
@@ -160,8 +169,14 @@ def independent_edges(labels, depth, normals, faces, depth_threshold, normal_thr
 def test_edges_follow_the_documented_neighbour_rule_exactly(index):
     config = SceneConfig()
     out = render_index(config, SMALL, seed=3, index=index)
-    edge, occl = independent_edges(out["semseg"], out["depth"], out["normals"], out["face"],
-                                   config.edge_depth_threshold, config.edge_normal_threshold_deg)
+    edge, occl = independent_edges(
+        out["semseg"],
+        out["depth"],
+        out["normals"],
+        out["face"],
+        config.edge_depth_threshold,
+        config.edge_normal_threshold_deg,
+    )
     np.testing.assert_array_equal(out["edge"], edge)
     np.testing.assert_array_equal(out["occlusion_edge"], occl)
     assert edge.sum() > 10 and occl.sum() > 0
@@ -277,7 +292,7 @@ def test_dataset_items_follow_the_internal_contract(tmp_path):
 def test_cached_split_is_loaded_without_regenerating(tmp_path, monkeypatch):
     first = small_benchmark(tmp_path).arrays("val")
     assert small_benchmark(tmp_path).cache_path("val").exists()
-    assert [p.suffix for p in tmp_path.iterdir()] == [".npz"]          # no temp files left behind
+    assert [p.suffix for p in tmp_path.iterdir()] == [".npz"]  # no temp files left behind
 
     def boom(*args, **kwargs):
         raise AssertionError("regenerated a cached split")
@@ -288,8 +303,13 @@ def test_cached_split_is_loaded_without_regenerating(tmp_path, monkeypatch):
         np.testing.assert_array_equal(first[key], second[key])
 
 
-CHANGES = [{"scene": {"noise_std": 0.05}}, {"scene": {"depth_scale": 10.0}}, {"seed": 1}, {"val_size": 5},
-           {"image_size": 20}]
+CHANGES = [
+    {"scene": {"noise_std": 0.05}},
+    {"scene": {"depth_scale": 10.0}},
+    {"seed": 1},
+    {"val_size": 5},
+    {"image_size": 20},
+]
 
 
 @pytest.mark.parametrize("change", CHANGES)
@@ -298,6 +318,7 @@ def test_changed_settings_never_reuse_the_cache(tmp_path, monkeypatch, change):
     base.arrays("val")
     changed = small_benchmark(tmp_path, **change)
     assert changed.cache_path("val") != base.cache_path("val")
+
     def generate(*args, **kwargs):
         raise RuntimeError("generate called")
 
@@ -367,7 +388,7 @@ def test_preview_writes_a_png_grid(tmp_path):
     with Image.open(path) as png:
         width, height = png.size
         pixels = np.asarray(png.convert("RGB"), dtype=np.float64)
-    assert width / height == pytest.approx(5 / 3, rel=0.05)                # image + 4 default tasks, 3 rows
+    assert width / height == pytest.approx(5 / 3, rel=0.05)  # image + 4 default tasks, 3 rows
     assert pixels.std() > 20
 
 
@@ -387,11 +408,15 @@ def storage_digest(arrays) -> str:
     return digest.hexdigest()[:32]
 
 
-DEFAULT_SPLIT_DIGESTS = {          # generate_split(SceneConfig(), (32, 32), seed=0, "train", 3), per array
-    "curvature": "a6ed140796870852421729b8cde33135", "depth": "38045ffedd112fc050cf666602933dd7",
-    "edge": "9692450c0b4ba0636a8e3cceb425b41a", "face": "f09e0f96f657f7f3d1b28bbc4a83d72b",
-    "image": "860c4e74576be55efebd26177f5f73fe", "normals": "53dcee3db2e52ad22060ebd791e32453",
-    "occlusion_edge": "43fb10c4924af3f1fcd60b19dcff63e1", "reshading": "983320fe50f1675e9baa676f8b1bc246",
+DEFAULT_SPLIT_DIGESTS = {  # generate_split(SceneConfig(), (32, 32), seed=0, "train", 3), per array
+    "curvature": "a6ed140796870852421729b8cde33135",
+    "depth": "38045ffedd112fc050cf666602933dd7",
+    "edge": "9692450c0b4ba0636a8e3cceb425b41a",
+    "face": "f09e0f96f657f7f3d1b28bbc4a83d72b",
+    "image": "860c4e74576be55efebd26177f5f73fe",
+    "normals": "53dcee3db2e52ad22060ebd791e32453",
+    "occlusion_edge": "43fb10c4924af3f1fcd60b19dcff63e1",
+    "reshading": "983320fe50f1675e9baa676f8b1bc246",
     "semseg": "7d8a9073ded6966efae052c498fdc83e",
 }
 
@@ -403,7 +428,11 @@ def test_generated_images_are_bit_identical_to_the_recorded_digests():
     assert {key: storage_digest({key: value}) for key, value in default.items()} == DEFAULT_SPLIT_DIGESTS
     busy = SceneConfig(distractor_colors=True, depth_scale=10.0, num_objects=(5, 6))
     plain = SceneConfig(shadows=False, texture=False, color_noise=1.0)
-    assert storage_digest(generate_split(busy, (24, 20), seed=7, split="val", count=2,
-                                         progress=False)) == "c137c893621f43556ae03fda65e3737e"
-    assert storage_digest(generate_split(plain, (16, 16), seed=123, split="test", count=2,
-                                         progress=False)) == "6e3ccffa3aceca18b1a19fdf1c6f4887"
+    assert (
+        storage_digest(generate_split(busy, (24, 20), seed=7, split="val", count=2, progress=False))
+        == "c137c893621f43556ae03fda65e3737e"
+    )
+    assert (
+        storage_digest(generate_split(plain, (16, 16), seed=123, split="test", count=2, progress=False))
+        == "6e3ccffa3aceca18b1a19fdf1c6f4887"
+    )

@@ -1,4 +1,5 @@
 """Local pretrained weights: safetensors / .pth round trips, position-embedding resizing, safety."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,15 +8,21 @@ import torch
 from safetensors.torch import save_file
 
 from tokenmtl.models import weights as weights_module
-from tokenmtl.models.weights import (WeightsError, load_vit_weights, pretrained_path,
-                                     resolve_pretrained)
+from tokenmtl.models.weights import WeightsError, load_vit_weights, pretrained_path, resolve_pretrained
 
 
 def tiny_vit(img_size=(32, 32), depth=2, embed_dim=192, num_classes=0) -> torch.nn.Module:
     torch.manual_seed(len(img_size) + img_size[0] + depth)
-    return timm.create_model("vit_tiny_patch16_384", pretrained=False, num_classes=num_classes,
-                             img_size=img_size, patch_size=16, depth=depth, embed_dim=embed_dim,
-                             num_heads=3).eval()
+    return timm.create_model(
+        "vit_tiny_patch16_384",
+        pretrained=False,
+        num_classes=num_classes,
+        img_size=img_size,
+        patch_size=16,
+        depth=depth,
+        embed_dim=embed_dim,
+        num_heads=3,
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +109,9 @@ def test_unsupported_or_missing_files(tmp_path):
 def test_resolve_prefers_local_weights_and_loads_them(tmp_path, source):
     save_file(source.state_dict(), str(tmp_path / "vit.safetensors"))
     model = tiny_vit()
-    report = resolve_pretrained(model, "vit_tiny_patch16_384", pretrained=True,
-                                weights=str(tmp_path / "vit.safetensors"))
+    report = resolve_pretrained(
+        model, "vit_tiny_patch16_384", pretrained=True, weights=str(tmp_path / "vit.safetensors")
+    )
     assert report is not None and same_outputs(source, model)
     assert resolve_pretrained(tiny_vit(), "vit_tiny_patch16_384", False, None) is None
     with pytest.raises(WeightsError, match="model.weights file not found"):

@@ -7,6 +7,7 @@ benchmark and loaders for NYUD-v2, PASCAL-Context and Taskonomy (`tokenmtl.data`
 Top level (imported on first use, so `import tokenmtl` stays cheap): `load_config`, `train`,
 `evaluate` (a checkpoint -> results), `analyze` (a checkpoint -> conflict report and plan).
 """
+
 from __future__ import annotations
 
 import importlib

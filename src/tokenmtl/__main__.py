@@ -1,4 +1,5 @@
 """`python -m tokenmtl ...` (what torchrun launches) runs the CLI."""
+
 from tokenmtl.cli import main
 
 main()

@@ -1,22 +1,28 @@
 """The `tokenmtl` command: train, evaluate, analyze, compare, sweep, demo, methods, data preview."""
+
 from __future__ import annotations
 
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Multi-task learning on transformers: DTME-MTL, DB-MTL and baselines.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Multi-task learning on transformers: DTME-MTL, DB-MTL and baselines.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Look at a benchmark's data.")
 app.add_typer(data_app, name="data")
 config_app = typer.Typer(no_args_is_help=True, help="Look at configs.")
 app.add_typer(config_app, name="config")
 
-DEMO_CONFIG = "demo"
+DEMO_CONFIG = "packages_minilm"  # the demo: a real pretrained transformer on real labels
+SCENES_CONFIG = "demo"  # the procedural scenes benchmark from scratch (preview, sweep)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -24,8 +30,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tokenmtl.engine.checkpoint import CheckpointError
     from tokenmtl.engine.errors import TrainingError
 
-    errors: list[type[BaseException]] = [ConfigError, CheckpointError, TrainingError, ValueError, KeyError,
-                                         FileNotFoundError, PermissionError, ImportError]
+    errors: list[type[BaseException]] = [
+        ConfigError,
+        CheckpointError,
+        TrainingError,
+        ValueError,
+        KeyError,
+        FileNotFoundError,
+        PermissionError,
+        ImportError,
+    ]
     try:
         from tokenmtl.data.errors import DataError
 
@@ -52,9 +66,17 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(code=2) from None
 
 
-def _build_config(config: str, sets: list[str], tasks: Optional[str], method: Optional[str],
-                  dtme: Optional[bool], data_root: Optional[str], seed: Optional[int],
-                  pretrained: Optional[bool] = None, weights: Optional[str] = None) -> Any:
+def _build_config(
+    config: str,
+    sets: list[str],
+    tasks: str | None,
+    method: str | None,
+    dtme: bool | None,
+    data_root: str | None,
+    seed: int | None,
+    pretrained: bool | None = None,
+    weights: str | None = None,
+) -> Any:
     from tokenmtl.config import load_config
 
     extra: dict[str, Any] = {}
@@ -69,8 +91,10 @@ def _build_config(config: str, sets: list[str], tasks: Optional[str], method: Op
     if seed is not None:
         extra["train"] = {"seed": seed}
     if pretrained is not None or weights:
-        extra["model"] = {**({"pretrained": pretrained} if pretrained is not None else {}),
-                          **({"weights": weights} if weights else {})}
+        extra["model"] = {
+            **({"pretrained": pretrained} if pretrained is not None else {}),
+            **({"weights": weights} if weights else {}),
+        }
     cfg = load_config(config, overrides=sets, extra=extra)
     return cfg
 
@@ -87,15 +111,21 @@ SeedOpt = typer.Option(None, "--seed", help="train.seed")
 def train(
     config: str = typer.Argument(..., help="A YAML config file, or a packaged config name (demo)."),
     out: Path = typer.Option(..., "--out", help="Run folder for results.json, config.yaml, checkpoints, logs."),
-    sets: list[str] = SetOpt, tasks: Optional[str] = TasksOpt, method: Optional[str] = MethodOpt,
-    dtme: Optional[bool] = DtmeOpt, data_root: Optional[str] = DataRootOpt, seed: Optional[int] = SeedOpt,
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
-                                              help="Load the backbone's pretrained weights from timm's hub."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Local backbone weights (.safetensors/.npz/.pth)."),
+    sets: list[str] = SetOpt,
+    tasks: str | None = TasksOpt,
+    method: str | None = MethodOpt,
+    dtme: bool | None = DtmeOpt,
+    data_root: str | None = DataRootOpt,
+    seed: int | None = SeedOpt,
+    pretrained: bool | None = typer.Option(
+        None, "--pretrained/--no-pretrained", help="Load the backbone's pretrained weights from timm's hub."
+    ),
+    weights: str | None = typer.Option(None, "--weights", help="Local backbone weights (.safetensors/.npz/.pth)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest good checkpoint in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train one run (ST when one task is given) and write DIR/results.json."""
+
     def run() -> None:
         from tokenmtl.engine.distributed import DistContext
         from tokenmtl.engine.trainer import Trainer
@@ -125,29 +155,37 @@ def _check_out_folder(out: Path) -> None:
         raise ValueError(f"--out {str(out)!r} is an existing file; give a folder for the run's files")
 
 
-def _target_overrides(sets: list[str], data_root: Optional[str]) -> list[str]:
+def _target_overrides(sets: list[str], data_root: str | None) -> list[str]:
     return list(sets) + ([f"benchmark.root={data_root}"] if data_root else [])
 
 
-TargetArg = typer.Argument(..., help="A run folder (its newest good checkpoint and stored config), "
-                                     "or a config file / packaged config name with --checkpoint.")
+TargetArg = typer.Argument(
+    ...,
+    help="A run folder (its newest good checkpoint and stored config), "
+    "or a config file / packaged config name with --checkpoint.",
+)
 
 
 @app.command()
 def evaluate(
-    target: str = TargetArg, checkpoint: Optional[Path] = typer.Option(None, "--checkpoint"),
-    out: Path = typer.Option(..., "--out"), split: str = typer.Option("test", "--split"),
-    sets: list[str] = SetOpt, data_root: Optional[str] = DataRootOpt,
+    target: str = TargetArg,
+    checkpoint: Path | None = typer.Option(None, "--checkpoint"),
+    out: Path = typer.Option(..., "--out"),
+    split: str = typer.Option("test", "--split"),
+    sets: list[str] = SetOpt,
+    data_root: str | None = DataRootOpt,
 ) -> None:
     """Evaluate a checkpoint on a split (never builds the training split); writes DIR/results.json."""
+
     def run() -> None:
         from tokenmtl.engine.commands import evaluate_checkpoint
 
         if checkpoint is None and not Path(target).is_dir():
             raise ValueError(f"{target!r} is not a run folder: give one, or a config and --checkpoint PATH")
         _check_out_folder(out)
-        results = evaluate_checkpoint(target, checkpoint, split=split, out=out,
-                                      overrides=_target_overrides(sets, data_root), progress=True)
+        results = evaluate_checkpoint(
+            target, checkpoint, split=split, out=out, overrides=_target_overrides(sets, data_root), progress=True
+        )
         _print_results(results, out)
 
     run_guarded(run)
@@ -155,17 +193,29 @@ def evaluate(
 
 @app.command()
 def analyze(
-    target: str = TargetArg, checkpoint: Optional[Path] = typer.Option(None, "--checkpoint"),
-    out: Path = typer.Option(..., "--out"), sets: list[str] = SetOpt, data_root: Optional[str] = DataRootOpt,
-    num_batches: Optional[int] = typer.Option(None, "--num-batches", help="Batches to analyse (default dtme.num_batches)."),
+    target: str = TargetArg,
+    checkpoint: Path | None = typer.Option(None, "--checkpoint"),
+    out: Path = typer.Option(..., "--out"),
+    sets: list[str] = SetOpt,
+    data_root: str | None = DataRootOpt,
+    num_batches: int | None = typer.Option(
+        None, "--num-batches", help="Batches to analyse (default dtme.num_batches)."
+    ),
 ) -> None:
     """Token-space conflict report (conflicts.json + plots) and the expansion plan (plan.json)."""
+
     def run() -> None:
         from tokenmtl.engine.commands import analyze_checkpoint
 
         _check_out_folder(out)
-        _, plan = analyze_checkpoint(target, checkpoint, out=out, overrides=_target_overrides(sets, data_root),
-                                     num_batches=num_batches, progress=True)
+        _, plan = analyze_checkpoint(
+            target,
+            checkpoint,
+            out=out,
+            overrides=_target_overrides(sets, data_root),
+            num_batches=num_batches,
+            progress=True,
+        )
         typer.echo(f"plan: TM on layers {plan.tm}, TE on layers {plan.te} -> {out}")
 
     run_guarded(run)
@@ -174,18 +224,20 @@ def analyze(
 @app.command()
 def compare(
     runs: list[Path] = typer.Argument(..., help="Run folders (or folders of run folders)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to write comparison.md/.png (default: first folder)."),
-    allow_mixed: bool = typer.Option(False, "--allow-mixed",
-                                     help="Tabulate runs of different budgets, models or benchmarks (noted)."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write comparison.md/.png (default: first folder)."),
+    allow_mixed: bool = typer.Option(
+        False, "--allow-mixed", help="Tabulate runs of different budgets, models or benchmarks (noted)."
+    ),
 ) -> None:
     """Table of per-task metrics and delta-m of runs against the single-task runs (markdown + PNG)."""
+
     def run() -> None:
         _compare(runs, out, allow_mixed)
 
     run_guarded(run)
 
 
-def _compare(runs: list[Path], out: Optional[Path], allow_mixed: bool = False) -> str:
+def _compare(runs: list[Path], out: Path | None, allow_mixed: bool = False) -> str:
     from tokenmtl.report.compare import compare_runs
 
     target = out or (runs[0] if runs[0].is_dir() else runs[0].parent)
@@ -207,11 +259,15 @@ def methods() -> None:
 
 @data_app.command("preview")
 def data_preview(
-    config: str = typer.Argument(DEMO_CONFIG), out: Path = typer.Option(Path("preview.png"), "--out"),
-    split: str = typer.Option("train", "--split"), n: int = typer.Option(8, "--n"),
-    sets: list[str] = SetOpt, data_root: Optional[str] = DataRootOpt,
+    config: str = typer.Argument(SCENES_CONFIG),
+    out: Path = typer.Option(Path("preview.png"), "--out"),
+    split: str = typer.Option("train", "--split"),
+    n: int = typer.Option(8, "--n"),
+    sets: list[str] = SetOpt,
+    data_root: str | None = DataRootOpt,
 ) -> None:
     """Write a PNG grid of images and their task targets."""
+
     def run() -> None:
         from tokenmtl.data.base import create_benchmark, resolve_tasks
         from tokenmtl.data.preview import write_preview
@@ -225,8 +281,15 @@ def data_preview(
     run_guarded(run)
 
 
-def _variant(config: str, sets: list[str], seed: int, tasks: list[str] | None = None,
-             method: str | None = None, dtme: bool | None = None, control: bool = False) -> Any:
+def _variant(
+    config: str,
+    sets: list[str],
+    seed: int,
+    tasks: list[str] | None = None,
+    method: str | None = None,
+    dtme: bool | None = None,
+    control: bool = False,
+) -> Any:
     """A config with `--set` overrides applied, then the variant's tasks/seed/method/DTME flag on top.
 
     `control`: DTME's empty-plan control (`dtme.mode=none`): the DTME schedule, no added parameters.
@@ -259,30 +322,31 @@ def _train_quiet(cfg: dict[str, Any], out: Path, progress: bool) -> dict[str, An
 
 @app.command()
 def demo(
+    config: str = typer.Argument(DEMO_CONFIG, help="The setting (default: real pretrained MiniLM on `packages`)."),
     out: Path = typer.Option(Path("runs/demo"), "--out"),
-    seeds: int = typer.Option(1, "--seeds", help="Seeds per model (the table shows mean ± std)."),
-    sets: list[str] = SetOpt, progress: bool = typer.Option(True, "--progress/--no-progress"),
+    seeds: str = typer.Option("0", "--seeds", help="Seeds, e.g. 0 or 0,1,2 (the table shows mean ± std)."),
+    jobs: int = typer.Option(2, "--jobs", help="Runs trained at once, one thread each."),
+    sets: list[str] = SetOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Train the single-task models and the multi-task model on `scenes`, then print the table."""
+    """ST, MT, MT + DTME and its empty-plan control at equal budget; prints the Δm table, writes conflicts.png."""
+
     def run() -> None:
         import time
 
-        from tokenmtl.config import load_config
+        from tokenmtl.demo import run_demo
 
         start = time.perf_counter()
-        base = load_config(DEMO_CONFIG, overrides=sets)
-        from tokenmtl.data.base import create_benchmark, resolve_tasks
-
-        tasks = resolve_tasks(create_benchmark(base["benchmark"]), base["tasks"])
-        for seed in range(seeds):
-            for task in tasks:
-                typer.echo(f"[demo] single-task {task}, seed {seed}")
-                cfg = _variant(DEMO_CONFIG, sets, tasks=[task], seed=seed)
-                _train_quiet(cfg, out / f"st-{task}-s{seed}", progress)
-            typer.echo(f"[demo] multi-task (equal weights), seed {seed}")
-            cfg = _variant(DEMO_CONFIG, sets, seed=seed)
-            _train_quiet(cfg, out / f"mt-ew-s{seed}", progress)
-        _compare([out], out)
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--seeds takes seeds separated by commas (e.g. 0,1,2); got {seeds!r}") from None
+        if not seed_list or jobs < 1:
+            raise ValueError(f"--seeds needs at least one seed and --jobs at least 1; got {seeds!r}, {jobs}")
+        _check_out_folder(out)
+        table = run_demo(config, out, sets, seed_list, jobs, progress=progress, echo=typer.echo)
+        typer.echo(table)
+        typer.echo(f"table: {out / 'table.md'}, {out / 'table.png'}; conflict map: {out / 'conflicts.png'}")
         typer.echo(f"demo wall time: {time.perf_counter() - start:.0f} s")
 
     run_guarded(run)
@@ -290,15 +354,22 @@ def demo(
 
 @app.command()
 def sweep(
-    config: str = typer.Argument(DEMO_CONFIG), out: Path = typer.Option(Path("runs/sweep"), "--out"),
+    config: str = typer.Argument(SCENES_CONFIG),
+    out: Path = typer.Option(Path("runs/sweep"), "--out"),
     methods_: str = typer.Option("all", "--methods", help="Comma-separated methods, or 'all'."),
-    dtme: Optional[bool] = typer.Option(None, "--dtme/--no-dtme", help="DTME-MTL as in `train`: each method also "
-                                        "with DTME, plus the empty-plan control (default: the config's dtme.enabled)."),
-    seeds: int = typer.Option(1, "--seeds"), sets: list[str] = SetOpt,
+    dtme: bool | None = typer.Option(
+        None,
+        "--dtme/--no-dtme",
+        help="DTME-MTL as in `train`: each method also "
+        "with DTME, plus the empty-plan control (default: the config's dtme.enabled).",
+    ),
+    seeds: int = typer.Option(1, "--seeds"),
+    sets: list[str] = SetOpt,
     progress: bool = typer.Option(False, "--progress/--no-progress"),
 ) -> None:
     """Train ST models and every method (with `--dtme`: also with DTME, and the empty-plan control of the
     first method); write the Table-3-style comparison."""
+
     def run() -> None:
         from tokenmtl import balancing
         from tokenmtl.config import load_config
@@ -334,10 +405,11 @@ def sweep(
 
 @config_app.command("show")
 def config_show(
-    config: Optional[str] = typer.Argument(None, help="A config file or packaged config name (default: the defaults)."),
+    config: str | None = typer.Argument(None, help="A config file or packaged config name (default: the defaults)."),
     sets: list[str] = SetOpt,
 ) -> None:
     """Print the resolved config as YAML, each key with its documentation."""
+
     def run() -> None:
         from tokenmtl.config import annotated_yaml, load_config
 
@@ -349,10 +421,12 @@ def config_show(
 @app.command()
 def pretrain(
     config: str = typer.Argument(..., help="A pretraining config (e.g. scenes_pretrain)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Keep the pretraining run and the encoder files here."),
-    sets: list[str] = SetOpt, progress: bool = typer.Option(True, "--progress/--no-progress"),
+    out: Path | None = typer.Option(None, "--out", help="Keep the pretraining run and the encoder files here."),
+    sets: list[str] = SetOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Pretrain a config's backbone once and cache its encoder weights (`tokenmtl.pretrain`)."""
+
     def run() -> None:
         from tokenmtl.config import load_config
         from tokenmtl.pretrain import pretrain as pretrain_backbone

@@ -5,13 +5,15 @@ system, so the rename is atomic), flushed and fsynced, given ordinary permission
 the destination with `os.replace`, and the folder fsynced so the rename survives a crash. On any
 error the temp file is removed and the destination is left untouched.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping
+from typing import IO, Any
 
 import numpy as np
 

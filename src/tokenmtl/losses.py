@@ -1,4 +1,4 @@
-"""Task losses with the InvPT / ATRC conventions (anchors 4.3).
+"""Task losses with the InvPT / ATRC conventions.
 
 Every loss takes the raw head output ``pred`` (B, C, H, W) and the batch target laid out as in
 ``docs/internals.md``, and returns a scalar. Invalid pixels never contribute; a batch whose
@@ -49,9 +49,7 @@ def _class_map(target: Tensor, loss_name: str) -> Tensor:
     """Return an int64 (B, H, W) label map from a (B, H, W) or (B, 1, H, W) target."""
     if target.dim() == 4:
         if target.shape[1] != 1:
-            raise ValueError(
-                f"{loss_name}: a 4-d class target must have one channel, got {tuple(target.shape)}"
-            )
+            raise ValueError(f"{loss_name}: a 4-d class target must have one channel, got {tuple(target.shape)}")
         target = target[:, 0]
     if target.dim() != 3:
         raise ValueError(f"{loss_name}: target must be (B, H, W), got {tuple(target.shape)}")
@@ -83,8 +81,7 @@ def depth_l1_loss(pred: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX
     _check_spatial(pred, target, "depth_l1_loss")
     if pred.shape != target.shape:
         raise ValueError(
-            f"depth_l1_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must have "
-            "the same shape"
+            f"depth_l1_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape"
         )
     valid = ((target > 0) & (target != ignore_index)).all(dim=1, keepdim=True)
     return _masked_sum_per_pixel((pred - target).abs(), valid)
@@ -107,10 +104,7 @@ def normals_l1_loss(pred: Tensor, target: Tensor, ignore_index: int = IGNORE_IND
     """
     _check_spatial(pred, target, "normals_l1_loss")
     if pred.shape[1] != 3 or target.shape[1] != 3:
-        raise ValueError(
-            f"normals_l1_loss: pred and target need 3 channels, got {pred.shape[1]} and "
-            f"{target.shape[1]}"
-        )
+        raise ValueError(f"normals_l1_loss: pred and target need 3 channels, got {pred.shape[1]} and {target.shape[1]}")
     nonzero = (target != 0).any(dim=1, keepdim=True)
     valid = nonzero & (target != ignore_index).all(dim=1, keepdim=True)
     unit = F.normalize(pred, p=2, dim=1)
@@ -146,9 +140,7 @@ def balanced_bce_loss(
         if not 0.0 <= pos_weight < 1.0:
             raise ValueError(f"balanced_bce_loss: pos_weight must be in [0, 1), got {pos_weight}")
         w = torch.as_tensor(pos_weight, dtype=pred.dtype, device=pred.device)
-    per_pixel = F.binary_cross_entropy_with_logits(
-        pred, labels, pos_weight=w / (1.0 - w), reduction="none"
-    )
+    per_pixel = F.binary_cross_entropy_with_logits(pred, labels, pos_weight=w / (1.0 - w), reduction="none")
     return _masked_mean(per_pixel, valid) * (1.0 - w)
 
 
@@ -163,9 +155,7 @@ def saliency_loss(pred: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX
     if pred.shape[1] == 1:
         return balanced_bce_loss(pred, target, pos_weight=None, ignore_index=ignore_index)
     if pred.shape[1] != 2:
-        raise ValueError(
-            f"saliency_loss: pred needs 1 (logit) or 2 (class scores) channels, got {pred.shape[1]}"
-        )
+        raise ValueError(f"saliency_loss: pred needs 1 (logit) or 2 (class scores) channels, got {pred.shape[1]}")
     labels = _class_map(target, "saliency_loss")
     valid = labels != ignore_index
     if bool(((labels > 1) & valid).any()):
@@ -173,9 +163,7 @@ def saliency_loss(pred: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX
     n_valid = valid.sum().clamp(min=1)
     w_pos = ((1 - labels) * valid).sum().to(pred.dtype) / n_valid
     class_weight = torch.stack((1.0 - w_pos, w_pos))
-    total = F.cross_entropy(
-        pred, labels, weight=class_weight, ignore_index=ignore_index, reduction="sum"
-    )
+    total = F.cross_entropy(pred, labels, weight=class_weight, ignore_index=ignore_index, reduction="sum")
     return total / n_valid
 
 
@@ -193,8 +181,7 @@ def regression_loss(
     _check_spatial(pred, target, "regression_loss")
     if pred.shape != target.shape:
         raise ValueError(
-            f"regression_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must "
-            "have the same shape"
+            f"regression_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape"
         )
     diff = pred - target
     if kind == "l1":
@@ -220,13 +207,16 @@ def classification_loss(pred: Tensor, target: Tensor, ignore_index: int = CLASS_
         raise ValueError(f"classification_loss: pred must be (B, C) logits, got shape {tuple(pred.shape)}")
     labels = target.reshape(-1).long()
     if labels.shape[0] != pred.shape[0]:
-        raise ValueError(f"classification_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
-                         "must have the same batch size (one class id per example)")
+        raise ValueError(
+            f"classification_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
+            "must have the same batch size (one class id per example)"
+        )
     valid = labels != ignore_index
     if bool(((labels < 0) | (labels >= pred.shape[1]))[valid].any()):
         bad = labels[valid & ((labels < 0) | (labels >= pred.shape[1]))][:5].tolist()
-        raise ValueError(f"classification_loss: class ids {bad} out of range [0, {pred.shape[1]}) "
-                         f"(ignore label: {ignore_index})")
+        raise ValueError(
+            f"classification_loss: class ids {bad} out of range [0, {pred.shape[1]}) (ignore label: {ignore_index})"
+        )
     total = F.cross_entropy(pred, labels, ignore_index=ignore_index, reduction="sum")
     return total / valid.sum().clamp(min=1)
 
@@ -239,8 +229,10 @@ def scalar_regression_loss(pred: Tensor, target: Tensor, kind: str = "l1") -> Te
     values = _scalar_batch(pred, "scalar_regression_loss")
     goal = _scalar_batch(target, "scalar_regression_loss", what="target").to(values.dtype)
     if goal.shape[0] != values.shape[0]:
-        raise ValueError(f"scalar_regression_loss: pred {tuple(pred.shape)} and target "
-                         f"{tuple(target.shape)} must have the same batch size")
+        raise ValueError(
+            f"scalar_regression_loss: pred {tuple(pred.shape)} and target "
+            f"{tuple(target.shape)} must have the same batch size"
+        )
     valid = ~torch.isnan(goal)
     diff = values - torch.where(valid, goal, torch.zeros_like(goal))  # no NaN reaches autograd
     if kind == "l1":

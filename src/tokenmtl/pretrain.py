@@ -12,6 +12,7 @@ Results are cached by a hash of every setting that shapes the weights:
 is `$TOKENMTL_CACHE` or `~/.cache/tokenmtl`. A config names them with
 `model.weights: pretrained:<config name or path>` (`resolve_weights`), built on first use.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,9 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,17 +92,24 @@ def _check_pretrain_config(cfg: Mapping[str, Any]) -> None:
     if cfg["dtme"].get("enabled"):
         raise ValueError("pretraining saves a plain shared encoder: dtme.enabled must be false, got true")
     if cfg["method"].get("name") == "recon":
-        raise ValueError("pretraining saves a plain shared encoder: method.name must not be 'recon' "
-                         "(it branches encoder layers per task)")
+        raise ValueError(
+            "pretraining saves a plain shared encoder: method.name must not be 'recon' "
+            "(it branches encoder layers per task)"
+        )
 
 
 def encoder_state(model_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The timm ViT's tensors of a MultiTaskModel state dict, under timm's own key names."""
-    tensors = {key[len(ENCODER_PREFIX):]: value.detach().cpu().clone().contiguous()
-               for key, value in model_state.items() if key.startswith(ENCODER_PREFIX)}
+    tensors = {
+        key[len(ENCODER_PREFIX) :]: value.detach().cpu().clone().contiguous()
+        for key, value in model_state.items()
+        if key.startswith(ENCODER_PREFIX)
+    }
     if not tensors:
-        raise ValueError(f"the trained model has no {ENCODER_PREFIX}* tensors: pretraining needs a timm "
-                         f"ViT backbone (model.backbone), found keys like {list(model_state)[:3]}")
+        raise ValueError(
+            f"the trained model has no {ENCODER_PREFIX}* tensors: pretraining needs a timm "
+            f"ViT backbone (model.backbone), found keys like {list(model_state)[:3]}"
+        )
     return tensors
 
 
@@ -120,8 +129,12 @@ def _save_encoder(path: Path, tensors: Mapping[str, torch.Tensor], digest: str) 
     atomic_write_bytes(path, save(dict(tensors), metadata={"format": "pt", "tokenmtl_pretrain": digest}))
 
 
-def pretrain(cfg: Mapping[str, Any], out_dir: str | os.PathLike | None = None, progress: bool = True,
-             cache_dir: str | os.PathLike | None = None) -> Path:
+def pretrain(
+    cfg: Mapping[str, Any],
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
     """Pretrain the backbone of a resolved config; returns its cached `encoder.safetensors`.
 
     Trains only when the cache has no entry for these settings. `out_dir`: keep the training run
@@ -142,8 +155,9 @@ def pretrain(cfg: Mapping[str, Any], out_dir: str | os.PathLike | None = None, p
     return weights
 
 
-def _build_entry(cfg: Mapping[str, Any], entry: Path, digest: str, out_dir: str | os.PathLike | None,
-                 progress: bool) -> None:
+def _build_entry(
+    cfg: Mapping[str, Any], entry: Path, digest: str, out_dir: str | os.PathLike | None, progress: bool
+) -> None:
     """Train, then write the encoder and settings.json (weights first: settings mark completion)."""
     with contextlib.ExitStack() as stack:
         if out_dir is None:
@@ -155,8 +169,13 @@ def _build_entry(cfg: Mapping[str, Any], entry: Path, digest: str, out_dir: str 
         results = train(cfg, run_dir, progress=progress)
         seconds = time.perf_counter() - start
         _save_encoder(entry / ENCODER_FILE, encoder_state(_trained_model_state(run_dir)), digest)
-    record = {"hash": digest, "settings": pretrain_settings(cfg), "wall_seconds": round(seconds, 1),
-              "torch_threads": torch.get_num_threads(), "results": results.get("tasks")}
+    record = {
+        "hash": digest,
+        "settings": pretrain_settings(cfg),
+        "wall_seconds": round(seconds, 1),
+        "torch_threads": torch.get_num_threads(),
+        "results": results.get("tasks"),
+    }
     atomic_write_text(entry / SETTINGS_FILE, json.dumps(record, indent=1) + "\n")
 
 
@@ -183,10 +202,11 @@ def resolve_weights(ref: str, progress: bool = True) -> Path:
     """`pretrained:<config name or path>` -> that config's cached encoder file, pretrained if missing."""
     if not is_pretrained_ref(ref):
         raise ValueError(f"expected model.weights of the form '{PRETRAINED_PREFIX}<config>', got {ref!r}")
-    name = ref[len(PRETRAINED_PREFIX):].strip()
+    name = ref[len(PRETRAINED_PREFIX) :].strip()
     if not name:
-        raise ValueError(f"model.weights {ref!r} names no pretraining config; e.g. "
-                         f"'{PRETRAINED_PREFIX}scenes_pretrain'")
+        raise ValueError(
+            f"model.weights {ref!r} names no pretraining config; e.g. '{PRETRAINED_PREFIX}scenes_pretrain'"
+        )
     from tokenmtl.config import load_config
 
     cfg = load_config(name)

@@ -3,15 +3,25 @@
 `log.progress: false` (and non-main ranks) pass `enabled=False`, which gives a disabled bar with
 the same interface, so callers never branch on whether progress is shown.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from tqdm.auto import tqdm
 
 
-def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
-                 enabled: bool = True, unit: str = "it", leave: bool = False, **options: Any) -> tqdm:
+def progress_bar(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    enabled: bool = True,
+    unit: str = "it",
+    leave: bool = False,
+    **options: Any,
+) -> tqdm:
     """A tqdm bar over `iterable` (or a manual one of `total` steps), inert when not `enabled`.
 
     Transient by default (`leave=False`); other tqdm keywords (`initial`, `dynamic_ncols`, ...)

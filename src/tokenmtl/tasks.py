@@ -41,7 +41,7 @@ __all__ = [
     "semseg_task",
 ]
 
-# InvPT / TaskPrompter loss weights (anchors 4.3); the DTME authors' code base uses all 1.0.
+# InvPT / TaskPrompter loss weights (their per-benchmark convention); the DTME authors' code uses all 1.0.
 INVPT_LOSS_WEIGHTS: dict[str, dict[str, float]] = {
     "nyud": {"semseg": 1.0, "depth": 1.0, "normals": 10.0, "edge": 50.0},
     "pascal": {"semseg": 1.0, "human_parts": 2.0, "saliency": 5.0, "edge": 50.0, "normals": 10.0},
@@ -130,9 +130,7 @@ def edge_task(
     )
 
 
-def saliency_task(
-    out_channels: int = 2, invpt_quirk: bool = False, loss_weight: float = 1.0
-) -> TaskSpec:
+def saliency_task(out_channels: int = 2, invpt_quirk: bool = False, loss_weight: float = 1.0) -> TaskSpec:
     """Saliency: class-balanced CE (2 channels, InvPT) or BCE (1 channel), scored by maxF (%).
 
     ``invpt_quirk=True`` scores like InvPT's evaluation (a second sigmoid, see SaliencyMeter).
@@ -198,8 +196,7 @@ def classification_task(
     if num_classes < 2:
         raise ValueError(f"{name}: num_classes must be >= 2, got {num_classes}")
     if primary_metric not in CLASSIFICATION_METRICS:
-        raise ValueError(f"{name}: primary_metric must be one of {CLASSIFICATION_METRICS}, "
-                         f"got {primary_metric!r}")
+        raise ValueError(f"{name}: primary_metric must be one of {CLASSIFICATION_METRICS}, got {primary_metric!r}")
     return TaskSpec(
         name=name,
         out_channels=num_classes,
@@ -211,9 +208,7 @@ def classification_task(
     )
 
 
-def scalar_regression_task(
-    name: str, scale: float = 1.0, loss: str = "l1", loss_weight: float = 1.0
-) -> TaskSpec:
+def scalar_regression_task(name: str, scale: float = 1.0, loss: str = "l1", loss_weight: float = 1.0) -> TaskSpec:
     """One number per sequence: L1 (or MSE) on (B,) or (B, 1) predictions, NaN targets skipped.
 
     Scored by MAE (lower is better) times ``scale``: pass the standard deviation the targets were

@@ -8,7 +8,8 @@
 ``kind == "loss"``: ``weigh(losses) -> scalar`` (one backward pass); ``kind == "gradient"``:
 ``aggregate(grads (T, P), losses (T,)) -> (P,)``, or ``balance(grads, losses) -> BalanceResult``
 (the update with this step's task and head weights). ``engine.grad_driver.GradDriver`` feeds either
-from a model's losses. ``recon`` (an architecture change) is registered elsewhere.
+from a model's losses. ``recon`` is listed here so `--method recon` works; it lives in ``tokenmtl.recon``
+(an architecture change: its scores pick layers that a model edit branches per task).
 
 What the task-specific parameters (heads) receive, following each method's authors:
 
@@ -34,8 +35,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenmtl.recon.balancer import Recon  # an architecture change; registered here so --method recon works
+
 from .alignedmtl import AlignedMTL
-from .base import BalanceResult, Balancer, GradientBalancer, GramianBalancer, LossBalancer
+from .base import Balancer, BalanceResult, GradientBalancer, GramianBalancer, LossBalancer
 from .cagrad import CAGrad
 from .dbmtl import DBMTL
 from .dwa import DWA
@@ -46,7 +49,6 @@ from .imtl import IMTL
 from .mgda import MGDA
 from .nashmtl import NashMTL
 from .pcgrad import PCGrad
-from tokenmtl.recon.balancer import Recon  # an architecture change; registered here so --method recon works
 from .uw import UW
 
 METHODS: dict[str, type[Balancer]] = {
@@ -76,10 +78,7 @@ def create(name: str, num_tasks: int, **options: Any) -> Balancer:
 
 def describe() -> dict[str, dict[str, Any]]:
     """``{name: {"summary": one line, "options": {option: default}, "kind": "loss"|"gradient"}}``."""
-    return {
-        name: {"summary": cls.summary, "options": cls.options(), "kind": cls.kind}
-        for name, cls in METHODS.items()
-    }
+    return {name: {"summary": cls.summary, "options": cls.options(), "kind": cls.kind} for name, cls in METHODS.items()}
 
 
 __all__ = [

@@ -41,9 +41,7 @@ class BalanceResult:
 def check_matrix(grads: Tensor, num_tasks: int) -> None:
     """Raise a ValueError unless ``grads`` is a (num_tasks, P) matrix."""
     if grads.ndim != 2 or grads.shape[0] != num_tasks:
-        raise ValueError(
-            f"expected task gradients of shape ({num_tasks}, P), got {tuple(grads.shape)}"
-        )
+        raise ValueError(f"expected task gradients of shape ({num_tasks}, P), got {tuple(grads.shape)}")
 
 
 def check_losses(losses: Tensor, num_tasks: int) -> None:
@@ -187,4 +185,3 @@ class GramianBalancer(GradientBalancer):
     @abstractmethod
     def weights_from_gramian(self, gram: Tensor, losses: Tensor) -> Tensor:
         """(T,) float64 weights from the float64 Gramian and losses."""
-

@@ -53,9 +53,7 @@ class FAMO(LossBalancer):
         if max_norm < 0:
             raise ValueError(f"famo max_norm must be >= 0 (0 = no clipping), got {max_norm}")
         if min_losses is not None and len(min_losses) != num_tasks:
-            raise ValueError(
-                f"famo min_losses needs {num_tasks} values (one per task), got {len(min_losses)}"
-            )
+            raise ValueError(f"famo min_losses needs {num_tasks} values (one per task), got {len(min_losses)}")
         self.w_lr = w_lr
         self.gamma = gamma
         self.max_norm = max_norm

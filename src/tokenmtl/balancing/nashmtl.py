@@ -5,7 +5,8 @@ Solve ``G a = 1 / a`` (a > 0) by sequential convex approximation, with ``nf = ||
 ``G' = G / nf``: at most ``optim_niter`` (20) cvxpy/ECOS solves (``max_iters=100``, warm start) of
 ``min sum(G' a) + phi'(a_prev)^T (a - a_prev) / nf`` subject to ``-log(a_t nf) - log((G' a)_t) <= 0``,
 stopping when ``||G' a - 1/(a + 1e-10)|| < 1e-3`` or a moves less than 1e-6; the weights are
-recomputed every ``update_weights_every`` steps (1) and reused in between. The update is ``sum_t a_t g_t`` clipped to norm ``max_norm`` (1.0) as
+recomputed every ``update_weights_every`` steps (1) and reused in between. The update is ``sum_t a_t g_t``
+clipped to norm ``max_norm`` (1.0) as
 ``clip_grad_norm_`` does; the heads get ``a_t grad L_t`` (the authors back-propagate
 ``sum_t a_t L_t``; the clip applies to the shared parameters only).
 
@@ -116,13 +117,9 @@ class NashMTL(GradientBalancer):
     ) -> None:
         super().__init__(num_tasks)
         if cp is None:
-            raise ImportError(
-                "nashmtl needs the optional packages cvxpy and ecos: pip install cvxpy ecos"
-            )
+            raise ImportError("nashmtl needs the optional packages cvxpy and ecos: pip install cvxpy ecos")
         if not isinstance(update_weights_every, int) or update_weights_every < 1:
-            raise ValueError(
-                f"nashmtl update_weights_every must be an integer >= 1, got {update_weights_every!r}"
-            )
+            raise ValueError(f"nashmtl update_weights_every must be an integer >= 1, got {update_weights_every!r}")
         if not isinstance(optim_niter, int) or optim_niter < 1:
             raise ValueError(f"nashmtl optim_niter must be an integer >= 1, got {optim_niter!r}")
         if max_norm < 0:

@@ -4,8 +4,18 @@ Every key a run reads is declared in `tokenmtl.config.schema`, so a typo is an e
 the valid keys instead of a silently ignored setting. `benchmark` and `method` sections take the
 extra keys their benchmark or method accepts; those are checked where the object is built.
 """
-from tokenmtl.config.loading import (PACKAGED_CONFIGS, apply_overrides, dump_config, load_config, merge,
-                                     parse_assignment, read_config_file, read_yaml, resolve_config_path)
+
+from tokenmtl.config.loading import (
+    PACKAGED_CONFIGS,
+    apply_overrides,
+    dump_config,
+    load_config,
+    merge,
+    parse_assignment,
+    read_config_file,
+    read_yaml,
+    resolve_config_path,
+)
 from tokenmtl.config.resolved import Config, validate
 from tokenmtl.config.schema import OPEN_SECTIONS, SECTIONS, defaults
 from tokenmtl.config.sections import ConfigError, Section
@@ -13,6 +23,23 @@ from tokenmtl.config.show import annotated_yaml
 
 DEFAULTS = defaults()
 
-__all__ = ["Config", "ConfigError", "DEFAULTS", "OPEN_SECTIONS", "PACKAGED_CONFIGS", "SECTIONS", "Section",
-           "annotated_yaml", "apply_overrides", "defaults", "dump_config", "load_config", "merge",
-           "parse_assignment", "read_config_file", "read_yaml", "resolve_config_path", "validate"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DEFAULTS",
+    "OPEN_SECTIONS",
+    "PACKAGED_CONFIGS",
+    "SECTIONS",
+    "Section",
+    "annotated_yaml",
+    "apply_overrides",
+    "defaults",
+    "dump_config",
+    "load_config",
+    "merge",
+    "parse_assignment",
+    "read_config_file",
+    "read_yaml",
+    "resolve_config_path",
+    "validate",
+]

@@ -1,10 +1,12 @@
 """Reading configs: defaults <- YAML file <- extra mapping <- `--set key=value`, then validated."""
+
 from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -21,11 +23,14 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
     |\.[0-9_]+(?:[eE][-+][0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
+    |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
     list("-+0123456789."),
 )
 
@@ -105,8 +110,11 @@ def read_config_file(path: Path) -> Mapping[str, Any]:
     return data
 
 
-def load_config(name_or_path: str | Path | Mapping[str, Any] | None = None, overrides: list[str] | None = None,
-                extra: Mapping[str, Any] | None = None) -> Config:
+def load_config(
+    name_or_path: str | Path | Mapping[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Config:
     """Defaults <- YAML file (or a mapping, e.g. a run's stored config) <- `extra` <- `--set`, validated."""
     cfg = defaults()
     if isinstance(name_or_path, Mapping):
@@ -123,4 +131,6 @@ def load_config(name_or_path: str | Path | Mapping[str, Any] | None = None, over
 
 def dump_config(cfg: Mapping[str, Any], path: str | Path) -> None:
     """Write the resolved config as YAML (what `tokenmtl train` saves as config.yaml)."""
-    Path(path).write_text(yaml.safe_dump(_as_dict(cfg), sort_keys=False))
+    from tokenmtl.fileio import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(_as_dict(cfg), sort_keys=False))

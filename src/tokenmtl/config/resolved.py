@@ -1,13 +1,25 @@
 """The resolved config: typed sections with attribute access (`cfg.train.lr`) and mapping access
 (`cfg["train"]["lr"]`), checked as a whole by `validate`."""
+
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, MutableMapping
-from typing import Any, Iterator
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
 
-from tokenmtl.config.schema import ORDER, SCALARS, SECTIONS, BenchmarkSection, DtmeSection, EvalSection, \
-    LogSection, LossWeightsSection, MethodSection, ModelSection, TrainSection
+from tokenmtl.config.schema import (
+    ORDER,
+    SCALARS,
+    SECTIONS,
+    BenchmarkSection,
+    DtmeSection,
+    EvalSection,
+    LogSection,
+    LossWeightsSection,
+    MethodSection,
+    ModelSection,
+    TrainSection,
+)
 from tokenmtl.config.sections import ConfigError, suggest
 
 
@@ -65,7 +77,7 @@ class Config(MutableMapping):
     def __repr__(self) -> str:
         return f"Config({self.to_dict()!r})"
 
-    def __deepcopy__(self, memo: dict) -> "Config":
+    def __deepcopy__(self, memo: dict) -> Config:
         return Config(copy.deepcopy(self.to_dict(), memo))
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ Add a new option here (and only here); `tokenmtl config show` prints these docs 
 resolved values. `benchmark` and `method` are open: the benchmark or balancing method that is
 built from them checks the extra keys it takes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,7 @@ class BenchmarkSection(Section):
 
     OPEN = True
     PATH = "benchmark"
-    name: str = key("scenes", "Benchmark: scenes, nyud, pascal or taskonomy (more keys: its constructor's).")
+    name: str = key("scenes", "Benchmark: scenes, packages, nyud, pascal or taskonomy (more keys: its constructor's).")
     root: str | None = key(None, "Folder of the benchmark's data (real benchmarks).")
 
 
@@ -51,12 +52,13 @@ class ModelSection(Section):
 class TrainSection(Section):
     PATH = "train"
     iterations: int = key(1000, "Optimisation steps (DTME with post_iterations=full adds its warm-up).", gt=0)
-    batch_size: int = key(16, "Global batch size (split across processes).", gt=0)
+    batch_size: int = key(16, "Batch size per process (the global batch is world size x batch size).", gt=0)
     lr: float = key(1.0e-3, "Base learning rate.", ge=0)
     weight_decay: float = key(1.0e-4, "Weight decay of the model's parameters (never DTME's added ones).", ge=0)
     optimizer: str = key("adam", "Optimizer.", choices=("adam", "adamw", "sgd"))
-    lr_schedule: str = key("poly", "Learning-rate schedule, stepped per iteration.",
-                           choices=("poly", "constant", "cosine"))
+    lr_schedule: str = key(
+        "poly", "Learning-rate schedule, stepped per iteration.", choices=("poly", "constant", "cosine")
+    )
     poly_power: float = key(0.9, "Power of the polynomial schedule (InvPT).")
     warmup_iterations: int = key(0, "Linear LR warm-up iterations.", ge=0)
     eval_every: int = key(250, "Evaluate on eval.split every this many iterations.", gt=0)
@@ -67,8 +69,11 @@ class TrainSection(Section):
     device: str = key("auto", "Device: auto (CUDA when available), cpu, cuda, cuda:1...")
     grad_clip: float | None = key(None, "Clip the gradient norm of the trainable parameters (unset: no clip).")
     task_lr_mult: float = key(1.0, "LR multiplier of the task-specific parameters (heads).", ge=0)
-    precision: str = key("fp32", "Forward/backward precision (autocast for bf16/fp16; fp16 adds a loss scaler).",
-                         choices=("fp32", "bf16", "fp16"))
+    precision: str = key(
+        "fp32",
+        "Forward/backward precision (autocast for bf16/fp16; fp16 adds a loss scaler).",
+        choices=("fp32", "bf16", "fp16"),
+    )
     compile: bool = key(False, "Compile the encoder's blocks with torch.compile (engine/compile.py).")
 
 
@@ -94,15 +99,25 @@ class DtmeSection(Section):
     enabled: bool = key(False, "Analyse token-space conflicts and expand the model during training.")
     expand_at: float = key(0.25, "Expand after this fraction of train.iterations (0: before training).", ge=0, lt=1)
     post_iterations: str = key(
-        "remaining", "After expansion: remaining (same total budget as the baseline) or full (the paper's "
-        "protocol: the whole schedule again, for its timing study).", choices=("remaining", "full"))
+        "remaining",
+        "After expansion: remaining (same total budget as the baseline) or full (the paper's "
+        "protocol: the whole schedule again, for its timing study).",
+        choices=("remaining", "full"),
+    )
     ratio: float = key(0.5, "Fraction of the layers given TM (and TE).", gt=0, le=1)
     r: float = key(100.0, "Energy threshold of the range space: 100 keeps 99% of the energy.", gt=0)
     energy_fraction: float | None = key(None, "Energy fraction of the range space (overrides r).")
-    strategy: str = key("conflict", "Layer choice (ablations: random, reverse, swap).",
-                        choices=("conflict", "random", "reverse", "swap"))
-    mode: str = key("both", "Which modules: TM and TE, TM only, TE only, or none (the empty-plan control: "
-                    "same analysis and schedule, no added parameters).", choices=("both", "tm", "te", "none"))
+    strategy: str = key(
+        "conflict",
+        "Layer choice (ablations: random, reverse, swap).",
+        choices=("conflict", "random", "reverse", "swap"),
+    )
+    mode: str = key(
+        "both",
+        "Which modules: TM and TE, TM only, TE only, or none (the empty-plan control: "
+        "same analysis and schedule, no added parameters).",
+        choices=("both", "tm", "te", "none"),
+    )
     num_tokens: int = key(6, "Tokens added per task and TE layer.", gt=0)
     modulator: str = key("affine", "Token Modulation form.", choices=("affine", "batchnorm"))
     freeze_backbone: bool = key(False, "After expansion, train only heads and added parameters.")
@@ -127,9 +142,14 @@ class LogSection(Section):
 
 
 SECTIONS: dict[str, type[Section]] = {
-    "benchmark": BenchmarkSection, "model": ModelSection, "train": TrainSection,
-    "loss_weights": LossWeightsSection, "method": MethodSection, "dtme": DtmeSection,
-    "eval": EvalSection, "log": LogSection,
+    "benchmark": BenchmarkSection,
+    "model": ModelSection,
+    "train": TrainSection,
+    "loss_weights": LossWeightsSection,
+    "method": MethodSection,
+    "dtme": DtmeSection,
+    "eval": EvalSection,
+    "log": LogSection,
 }
 # Top-level keys that are not sections: {key: (default, doc)}.
 SCALARS: dict[str, tuple[Any, str]] = {

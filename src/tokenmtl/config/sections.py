@@ -4,6 +4,7 @@ A section is also a `MutableMapping` (`section["lr"]`, `.get`, iteration, `dict(
 builders that take a plain mapping (benchmarks, models) accept it unchanged. Open sections
 (`benchmark`, `method`) keep undeclared keys too; their owner checks them where it is built.
 """
+
 from __future__ import annotations
 
 import copy
@@ -11,16 +12,24 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Mapping, MutableMapping
-from typing import Any, ClassVar, Iterator, Union
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any, ClassVar, Union
 
 
 class ConfigError(ValueError):
     """A config that cannot be run: an unknown key, a wrong type or an out-of-range value."""
 
 
-def key(default: Any, doc: str, *, choices: tuple[Any, ...] | None = None, gt: float | None = None,
-        ge: float | None = None, lt: float | None = None, le: float | None = None) -> Any:
+def key(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple[Any, ...] | None = None,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> Any:
     """Declare one config key: default, one-line doc, allowed choices and bounds (None is always allowed
     for an optional key). This is the only place a key's rules are written."""
     meta = {"doc": doc, "choices": choices, "gt": gt, "ge": ge, "lt": lt, "le": le}
@@ -77,8 +86,12 @@ def _bounds_message(meta: Mapping[str, Any]) -> str | None:
 
 
 def _in_bounds(value: float, meta: Mapping[str, Any]) -> bool:
-    return ((meta["gt"] is None or value > meta["gt"]) and (meta["ge"] is None or value >= meta["ge"])
-            and (meta["lt"] is None or value < meta["lt"]) and (meta["le"] is None or value <= meta["le"]))
+    return (
+        (meta["gt"] is None or value > meta["gt"])
+        and (meta["ge"] is None or value >= meta["ge"])
+        and (meta["lt"] is None or value < meta["lt"])
+        and (meta["le"] is None or value <= meta["le"])
+    )
 
 
 @dataclasses.dataclass
@@ -134,7 +147,7 @@ class Section(MutableMapping):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.to_dict()!r})"
 
-    def __deepcopy__(self, memo: dict) -> "Section":
+    def __deepcopy__(self, memo: dict) -> Section:
         return type(self).from_dict(copy.deepcopy(self.to_dict(), memo))
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,7 +155,7 @@ class Section(MutableMapping):
         return {k: copy.deepcopy(v) for k, v in self.items()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Section":
+    def from_dict(cls, data: Mapping[str, Any]) -> Section:
         """A section from a mapping of its keys (types are checked by `validate`); ints become floats
         where a float is declared."""
         hints = cls.hints()

@@ -1,4 +1,5 @@
 """`tokenmtl config show`: the resolved config as YAML, each key followed by its doc."""
+
 from __future__ import annotations
 
 import json

@@ -1,9 +1,11 @@
 """The benchmark registry: a benchmark is created by name from the `benchmark` config section."""
+
 from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from torch.utils.data import Dataset
 

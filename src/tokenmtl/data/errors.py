@@ -4,10 +4,12 @@ A loader never fails with a bare numpy/PIL/scipy error: every read goes through 
 names the file and the task. With `skip_bad=True` a dataset marks a failing sample in a
 `BadSampleLog` (shared across DataLoader workers) and serves the next good one instead.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,12 +98,10 @@ def read_mat(path: Path, task: str, key: str) -> Any:
 def check_shape(array: np.ndarray, hw: tuple[int, int], path: Path, task: str) -> None:
     """DataError unless the array's first two dims equal the image's (H, W)."""
     if tuple(array.shape[:2]) != tuple(hw):
-        raise DataError(f"label has shape {tuple(array.shape)}, the image is {tuple(hw)}", path=path,
-                        task=task)
+        raise DataError(f"label has shape {tuple(array.shape)}, the image is {tuple(hw)}", path=path, task=task)
 
 
-def check_values(array: np.ndarray, allowed_max: float, path: Path, task: str,
-                 extra: Sequence[float] = ()) -> None:
+def check_values(array: np.ndarray, allowed_max: float, path: Path, task: str, extra: Sequence[float] = ()) -> None:
     """DataError unless all values are integers in 0..allowed_max (or one of `extra`)."""
     bad = (array < 0) | (array > allowed_max) | (array != np.round(array))
     for value in extra:
@@ -159,9 +159,15 @@ class SampleDataset(Dataset):
     bad before loading (e.g. files missing at construction).
     """
 
-    def __init__(self, name: str, ids: Sequence[str], load: Callable[[int], dict],
-                 transform: Callable[[dict], dict], skip_bad: bool = False,
-                 known_bad: dict[int, Exception] | None = None):
+    def __init__(
+        self,
+        name: str,
+        ids: Sequence[str],
+        load: Callable[[int], dict],
+        transform: Callable[[dict], dict],
+        skip_bad: bool = False,
+        known_bad: dict[int, Exception] | None = None,
+    ):
         self.name, self.ids, self._load, self.transform = name, list(ids), load, transform
         self.skip_bad = skip_bad
         self.bad_samples = BadSampleLog(name, self.ids)
@@ -192,14 +198,19 @@ def resolve_root(root: str | Path | None, folder: str, marker: str, benchmark: s
     Errors say how to point the run at the data (`--data-root` / `benchmark.root`).
     """
     if root is None or str(root) == "":
-        raise DataError(f"{benchmark}: no data folder given; pass --data-root PATH or set "
-                        f"benchmark.root (the folder that holds {folder}/{marker})")
+        raise DataError(
+            f"{benchmark}: no data folder given; pass --data-root PATH or set "
+            f"benchmark.root (the folder that holds {folder}/{marker})"
+        )
     root = Path(root).expanduser()
     for candidate in (root, root / folder):
         if (candidate / marker).exists():
             return candidate
-    raise DataError(f"{benchmark}: data folder not found or incomplete: expected {marker!r} in it "
-                    f"or in {folder}/ below it; see docs/real_benchmarks.md", path=root)
+    raise DataError(
+        f"{benchmark}: data folder not found or incomplete: expected {marker!r} in it "
+        f"or in {folder}/ below it; see docs/real_benchmarks.md",
+        path=root,
+    )
 
 
 def read_ids(path: Path, what: str) -> list[str]:

@@ -9,23 +9,40 @@ NYUDv2/edge/<id>.png            edge map; / 255, then > 0.5 -> {0, 1}
 NYUDv2/gt_sets/{train,val}.txt  ids (795 train, 654 val; val is the test set)
 ```
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from tokenmtl.data.errors import (DataError, SampleDataset, check_shape, check_values,
-                                  missing_files, read_ids, read_image, read_npy, read_png,
-                                  require_dir, resolve_root)
+from tokenmtl.data.errors import (
+    DataError,
+    SampleDataset,
+    check_shape,
+    check_values,
+    missing_files,
+    read_ids,
+    read_image,
+    read_npy,
+    read_png,
+    require_dir,
+    resolve_root,
+)
 from tokenmtl.data.transforms import EvalTransform, TrainTransform
 
 # task -> (folder, file extension)
-FILES = {"image": ("images", ".png"), "semseg": ("segmentation", ".png"), "depth": ("depth", ".npy"),
-         "normals": ("normals", ".png"), "edge": ("edge", ".png")}
+FILES = {
+    "image": ("images", ".png"),
+    "semseg": ("segmentation", ".png"),
+    "depth": ("depth", ".npy"),
+    "normals": ("normals", ".png"),
+    "edge": ("edge", ".png"),
+}
 
 
 def _to_chw(array: np.ndarray) -> torch.Tensor:
@@ -86,9 +103,14 @@ class NYUDBenchmark:
     splits = {"train": "train", "val": "val", "test": "val"}
     edge_tolerance = 0.011
 
-    def __init__(self, root: str | Path | None, image_size: Sequence[int] = (448, 576),
-                 tasks: Sequence[str] | None = None, skip_bad: bool = False,
-                 scale: Sequence[float] = (0.5, 2.0)):
+    def __init__(
+        self,
+        root: str | Path | None,
+        image_size: Sequence[int] = (448, 576),
+        tasks: Sequence[str] | None = None,
+        skip_bad: bool = False,
+        scale: Sequence[float] = (0.5, 2.0),
+    ):
         self.root = resolve_root(root, self.folder, "gt_sets", self.name)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.tasks = check_tasks(self, tasks)
@@ -99,9 +121,12 @@ class NYUDBenchmark:
         """The TaskSpec of `task` (40-class semseg, depth, normals, edge at tolerance 0.011)."""
         from tokenmtl import tasks as t
 
-        factories = {"semseg": lambda: t.semseg_task(40), "depth": t.depth_task,
-                     "normals": t.normals_task,
-                     "edge": lambda: t.edge_task(self.edge_tolerance, pos_weight=0.95)}
+        factories = {
+            "semseg": lambda: t.semseg_task(40),
+            "depth": t.depth_task,
+            "normals": t.normals_task,
+            "edge": lambda: t.edge_task(self.edge_tolerance, pos_weight=0.95),
+        }
         check_tasks(self, [task])
         return factories[task]()
 
@@ -111,14 +136,11 @@ class NYUDBenchmark:
             raise ValueError(f"unknown split {split!r} for nyud; available: {', '.join(self.splits)}")
         tasks = check_tasks(self, tasks) if tasks is not None else self.tasks
         ids = read_ids(self.root / "gt_sets" / f"{self.splits[split]}.txt", f"nyud {split}")
-        dirs = {key: require_dir(self.root / FILES[key][0], f"nyud {key}")
-                for key in ("image", *tasks)}
+        dirs = {key: require_dir(self.root / FILES[key][0], f"nyud {key}") for key in ("image", *tasks)}
         paths = [{key: dirs[key] / f"{i}{FILES[key][1]}" for key in dirs} for i in ids]
         known_bad = missing_files(paths, self.skip_bad)
-        transform = (TrainTransform(self.image_size, self.scale) if train
-                     else EvalTransform(self.image_size))
-        return SampleDataset(f"nyud/{split}", ids, NYUDLoader(paths, tasks), transform,
-                             self.skip_bad, known_bad)
+        transform = TrainTransform(self.image_size, self.scale) if train else EvalTransform(self.image_size)
+        return SampleDataset(f"nyud/{split}", ids, NYUDLoader(paths, tasks), transform, self.skip_bad, known_bad)
 
 
 def check_tasks(benchmark: Any, tasks: Sequence[str] | None) -> tuple[str, ...]:
@@ -127,8 +149,7 @@ def check_tasks(benchmark: Any, tasks: Sequence[str] | None) -> tuple[str, ...]:
         return tuple(benchmark.default_tasks)
     unknown = [t for t in tasks if t not in benchmark.available_tasks]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown} for {benchmark.name}; "
-                         f"available: {', '.join(benchmark.available_tasks)}")
+        raise ValueError(
+            f"unknown task(s) {unknown} for {benchmark.name}; available: {', '.join(benchmark.available_tasks)}"
+        )
     return tuple(tasks)
-
-

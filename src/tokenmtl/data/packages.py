@@ -7,6 +7,7 @@ maintainers: `section`, the debtags facets `role`, `implemented_in` and `use`, `
 package's split never depends on the rest of the index. The processed table is cached on disk
 under a hash of every setting and of the index bytes. Rules and measured numbers: docs/packages.md.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,8 +58,11 @@ def index_in_folder(root: Path) -> Path:
     for name in INDEX_NAMES:
         if (root / name).is_file():
             return root / name
-    raise DataError(f"packages: no package index in the data folder (looked for {', '.join(INDEX_NAMES)}); "
-                    "set benchmark.source: PATH to a Debian `Packages` file", path=root)
+    raise DataError(
+        f"packages: no package index in the data folder (looked for {', '.join(INDEX_NAMES)}); "
+        "set benchmark.source: PATH to a Debian `Packages` file",
+        path=root,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,7 +93,7 @@ def log_size(record: PackageRecord) -> float | None:
 def unit_hash(*parts: Any) -> float:
     """A number in [0, 1) from SHA-256 of the parts: the same parts give the same number anywhere."""
     digest = hashlib.sha256("\0".join(str(p) for p in parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 def assign_split(text: str, seed: int, val_fraction: float, test_fraction: float) -> str:
@@ -125,8 +129,9 @@ def select_samples(records: Sequence[PackageRecord], seed: int, max_samples: int
     return [r for r in records if id(r) in keep]
 
 
-def class_list(train_counts: Counter, split_of_label: Mapping[str, str], min_class_count: int,
-               task: str) -> tuple[list[str], dict[str, int]]:
+def class_list(
+    train_counts: Counter, split_of_label: Mapping[str, str], min_class_count: int, task: str
+) -> tuple[list[str], dict[str, int]]:
     """Classes of `task` (kept labels sorted, then `other` if used) and the labels merged into it.
 
     `split_of_label` maps every label seen in any split to one split it occurs in (for errors).
@@ -137,16 +142,20 @@ def class_list(train_counts: Counter, split_of_label: Mapping[str, str], min_cla
     rare = {label for label in split_of_label if label not in kept}
     if rare and min_class_count == 0:
         label = min(rare)
-        raise DataError(f"packages: task {task!r}: class {label!r} occurs in the "
-                        f"{split_of_label[label]} split but never in train; set "
-                        f"benchmark.min_class_count >= 1 to merge such classes into {OTHER!r}")
+        raise DataError(
+            f"packages: task {task!r}: class {label!r} occurs in the "
+            f"{split_of_label[label]} split but never in train; set "
+            f"benchmark.min_class_count >= 1 to merge such classes into {OTHER!r}"
+        )
     merged = {label: train_counts.get(label, 0) for label in sorted(rare)}
     classes = kept + ([OTHER] if rare and OTHER not in kept else [])
     if len(classes) < 2:
-        raise DataError(f"packages: task {task!r} has {len(classes)} class(es) after merging classes with "
-                        f"fewer than {min_class_count} train examples into {OTHER!r} (train counts: "
-                        f"{dict(train_counts.most_common(5))}); lower benchmark.min_class_count or use "
-                        "a larger index")
+        raise DataError(
+            f"packages: task {task!r} has {len(classes)} class(es) after merging classes with "
+            f"fewer than {min_class_count} train examples into {OTHER!r} (train counts: "
+            f"{dict(train_counts.most_common(5))}); lower benchmark.min_class_count or use "
+            "a larger index"
+        )
     return classes, merged
 
 
@@ -155,8 +164,14 @@ def class_list(train_counts: Counter, split_of_label: Mapping[str, str], min_cla
 # --------------------------------------------------------------------------------------------
 
 
-def build_table(records: Sequence[PackageRecord], seed: int, val_fraction: float, test_fraction: float,
-                min_class_count: int, max_samples: int | None) -> tuple[dict, dict]:
+def build_table(
+    records: Sequence[PackageRecord],
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    min_class_count: int,
+    max_samples: int | None,
+) -> tuple[dict, dict]:
     """(table, summary): per-split packages, texts and targets; class lists, counts and size stats.
 
     Classification targets are class ids (IGNORE_LABEL when missing); `size` targets are
@@ -171,16 +186,24 @@ def build_table(records: Sequence[PackageRecord], seed: int, val_fraction: float
         by_split[assign_split(record.description, seed, val_fraction, test_fraction)].append(record)
     empty = [s for s in SPLITS if not by_split[s]]
     if empty:
-        raise DataError(f"packages: split(s) {', '.join(empty)} would be empty ({len(used)} packages, "
-                        f"val_fraction {val_fraction}, test_fraction {test_fraction}); use a larger "
-                        "index, a larger max_samples or larger fractions")
-    table: dict[str, Any] = {"splits": {s: {"packages": [r.name for r in by_split[s]],
-                                            "texts": [r.description for r in by_split[s]],
-                                            "targets": {}} for s in SPLITS},
-                             "classes": {}, "problems": {}}
+        raise DataError(
+            f"packages: split(s) {', '.join(empty)} would be empty ({len(used)} packages, "
+            f"val_fraction {val_fraction}, test_fraction {test_fraction}); use a larger "
+            "index, a larger max_samples or larger fractions"
+        )
+    table: dict[str, Any] = {
+        "splits": {
+            s: {"packages": [r.name for r in by_split[s]], "texts": [r.description for r in by_split[s]], "targets": {}}
+            for s in SPLITS
+        },
+        "classes": {},
+        "problems": {},
+    }
     summary: dict[str, Any] = {
         "packages": {"in_index": len(records), "distinct_descriptions": len(unique), "used": len(used)},
-        "splits": {s: len(by_split[s]) for s in SPLITS}, "tasks": {}}
+        "splits": {s: len(by_split[s]) for s in SPLITS},
+        "tasks": {},
+    }
     for task in CLASSIFICATION_TASKS:
         labels = {s: [raw_label(r, task) for r in by_split[s]] for s in SPLITS}
         train_counts = Counter(label for label in labels["train"] if label is not None)
@@ -203,8 +226,7 @@ def build_table(records: Sequence[PackageRecord], seed: int, val_fraction: float
             per_class = Counter(ids)
             counts[s] = {c: per_class.get(i, 0) for i, c in enumerate(classes)}
             ignored[s] = per_class.get(IGNORE_LABEL, 0)
-        summary["tasks"][task] = {"classes": classes, "counts": counts, "ignored": ignored,
-                                  "merged_into_other": merged}
+        summary["tasks"][task] = {"classes": classes, "counts": counts, "ignored": ignored, "merged_into_other": merged}
     try:
         table["size"], summary["tasks"]["size"] = _size_targets(table, by_split)
     except DataError as exc:
@@ -220,15 +242,23 @@ def _size_targets(table: dict, by_split: Mapping[str, list[PackageRecord]]) -> t
     mean = sum(train) / max(len(train), 1)
     std = math.sqrt(sum((v - mean) ** 2 for v in train) / max(len(train), 1))
     if len(train) < 2 or std == 0.0:
-        raise DataError(f"packages: task 'size' needs at least two different Installed-Size values in "
-                        f"the train split, got {len(train)} value(s) with std {std:g}")
+        raise DataError(
+            f"packages: task 'size' needs at least two different Installed-Size values in "
+            f"the train split, got {len(train)} value(s) with std {std:g}"
+        )
     summary: dict[str, Any] = {"unit": "log1p(KiB)", "mean": mean, "std": std, "missing": {}, "quantiles": {}}
     for s in SPLITS:
         table["splits"][s]["targets"]["size"] = [None if v is None else (v - mean) / std for v in values[s]]
         present = sorted(v for v in values[s] if v is not None)
         summary["missing"][s] = len(values[s]) - len(present)
-        summary["quantiles"][s] = {f"q{int(q * 100):02d}": present[min(int(q * len(present)), len(present) - 1)]
-                                   for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)} if present else {}
+        summary["quantiles"][s] = (
+            {
+                f"q{int(q * 100):02d}": present[min(int(q * len(present)), len(present) - 1)]
+                for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+            }
+            if present
+            else {}
+        )
     return {"mean": mean, "std": std}, summary
 
 
@@ -239,7 +269,7 @@ def save_json_atomic(path: Path, content: Any, indent: int | None = None) -> Non
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(content, handle, indent=indent)
-        os.chmod(tmp, 0o644)                              # mkstemp makes it private; caches are shared
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; caches are shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -292,10 +322,18 @@ class PackagesBenchmark:
     default_tasks: tuple[str, ...] = ("section", "role", "multiarch", "size")
     ignore_label = IGNORE_LABEL
 
-    def __init__(self, source: str | os.PathLike | None = None, seed: int = 0, val_fraction: float = 0.1,
-                 test_fraction: float = 0.1, min_class_count: int = 50, max_samples: int | None = None,
-                 cache_dir: str | os.PathLike | None = None, progress: bool = True,
-                 root: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        source: str | os.PathLike | None = None,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        min_class_count: int = 50,
+        max_samples: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+        root: str | os.PathLike | None = None,
+    ):
         self.source = None if source is None or str(source) == "" else str(source)
         if self.source is None and root is not None and str(root) != "":
             self.source = str(index_in_folder(Path(root).expanduser()))
@@ -305,8 +343,10 @@ class PackagesBenchmark:
             if not 0.0 < value < 1.0:
                 raise ValueError(f"benchmark.{key} must be in (0, 1), got {value}")
         if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError(f"benchmark.val_fraction + test_fraction must be < 1 (train needs a share), "
-                             f"got {self.val_fraction} + {self.test_fraction}")
+            raise ValueError(
+                f"benchmark.val_fraction + test_fraction must be < 1 (train needs a share), "
+                f"got {self.val_fraction} + {self.test_fraction}"
+            )
         if isinstance(min_class_count, bool) or int(min_class_count) != min_class_count or min_class_count < 0:
             raise ValueError(f"benchmark.min_class_count must be an integer >= 0, got {min_class_count!r}")
         self.min_class_count = int(min_class_count)
@@ -321,9 +361,14 @@ class PackagesBenchmark:
     # ------------------------------------------------------------------ settings and cache
     def settings(self) -> dict[str, Any]:
         """Every option that shapes the table (the source is identified by its content hash)."""
-        return {"version": CACHE_VERSION, "seed": self.seed, "val_fraction": self.val_fraction,
-                "test_fraction": self.test_fraction, "min_class_count": self.min_class_count,
-                "max_samples": self.max_samples}
+        return {
+            "version": CACHE_VERSION,
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "min_class_count": self.min_class_count,
+            "max_samples": self.max_samples,
+        }
 
     @staticmethod
     def cache_key(settings: Mapping[str, Any], source_sha256: str) -> str:
@@ -367,14 +412,20 @@ class PackagesBenchmark:
                 with open(path, encoding="utf-8") as handle:
                     table = json.load(handle)
                 complete = {"splits", "classes", "problems"} <= set(table)
-                if complete and table.get("settings") == self.settings() \
-                        and table.get("source_sha256") == self._index.sha256:
+                if (
+                    complete
+                    and table.get("settings") == self.settings()
+                    and table.get("source_sha256") == self._index.sha256
+                ):
                     return table
-                warnings.warn(f"packages cache file {path} was written with other settings; rebuilding it",
-                              stacklevel=3)
+                warnings.warn(
+                    f"packages cache file {path} was written with other settings; rebuilding it", stacklevel=3
+                )
             except (OSError, ValueError) as exc:
-                warnings.warn(f"packages cache file {path} is unreadable ({type(exc).__name__}: {exc}); "
-                              "rebuilding it", stacklevel=3)
+                warnings.warn(
+                    f"packages cache file {path} is unreadable ({type(exc).__name__}: {exc}); rebuilding it",
+                    stacklevel=3,
+                )
         return None
 
     def _build(self) -> dict[str, Any]:
@@ -382,8 +433,9 @@ class PackagesBenchmark:
         if self.progress:
             print(f"packages: building the benchmark from {self._index.origin}", flush=True)
         records = parse_records(self._index)
-        table, summary = build_table(records, self.seed, self.val_fraction, self.test_fraction,
-                                     self.min_class_count, self.max_samples)
+        table, summary = build_table(
+            records, self.seed, self.val_fraction, self.test_fraction, self.min_class_count, self.max_samples
+        )
         origin = {"source": self._index.origin, "source_sha256": self._index.sha256, "settings": self.settings()}
         table.update(origin)
         save_json_atomic(self.summary_path(), {**origin, **summary}, indent=1)
@@ -425,8 +477,7 @@ class PackagesBenchmark:
 
         if task in REGRESSION_TASKS:
             return factories.scalar_regression_task(task, scale=self.size_std)
-        return factories.classification_task(len(self.class_names(task)), name=task,
-                                             ignore_index=IGNORE_LABEL)
+        return factories.classification_task(len(self.class_names(task)), name=task, ignore_index=IGNORE_LABEL)
 
     def dataset(self, split: str, train: bool, tasks: Sequence[str] | None = None) -> PackagesDataset:
         """Items of `split` ("train", "val", "test"); `train` changes nothing (no augmentation)."""

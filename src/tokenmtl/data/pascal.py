@@ -17,20 +17,32 @@ as the edge metric's). Human parts: `anno[0, 0]["objects"]` is a struct array wi
 (+ background 0) as ASTMT's `HUMAN_PART[6]`; an image with no annotated person parts is ignored
 entirely (255) for that task, as ATRC's AddIgnoreRegions does.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from tokenmtl.data.errors import (DataError, SampleDataset, check_shape, check_values,
-                                  missing_files, read_ids, read_image, read_mat, read_png,
-                                  require_dir, resolve_root)
+from tokenmtl.data.errors import (
+    DataError,
+    SampleDataset,
+    check_shape,
+    check_values,
+    missing_files,
+    read_ids,
+    read_image,
+    read_mat,
+    read_png,
+    require_dir,
+    resolve_root,
+)
 from tokenmtl.data.nyud import check_tasks
 from tokenmtl.data.transforms import EvalTransform, TrainTransform
 from tokenmtl.metrics.thinning import thin
@@ -38,25 +50,208 @@ from tokenmtl.metrics.thinning import thin
 PERSON_CLASS = 15
 # ASTMT HUMAN_PART[6]: PASCAL-Part person part name -> one of 6 parts (0 = background).
 HUMAN_PARTS_6 = {
-    "hair": 1, "head": 1, "lear": 1, "lebrow": 1, "leye": 1, "mouth": 1, "nose": 1, "rear": 1,
-    "rebrow": 1, "reye": 1, "neck": 2, "torso": 2, "luarm": 3, "ruarm": 3,
-    "lhand": 4, "llarm": 4, "rhand": 4, "rlarm": 4, "luleg": 5, "ruleg": 5,
-    "lfoot": 6, "llleg": 6, "rfoot": 6, "rlleg": 6,
+    "hair": 1,
+    "head": 1,
+    "lear": 1,
+    "lebrow": 1,
+    "leye": 1,
+    "mouth": 1,
+    "nose": 1,
+    "rear": 1,
+    "rebrow": 1,
+    "reye": 1,
+    "neck": 2,
+    "torso": 2,
+    "luarm": 3,
+    "ruarm": 3,
+    "lhand": 4,
+    "llarm": 4,
+    "rhand": 4,
+    "rlarm": 4,
+    "luleg": 5,
+    "ruleg": 5,
+    "lfoot": 6,
+    "llleg": 6,
+    "rfoot": 6,
+    "rlleg": 6,
 }
 # LabelMap ids (PASCAL-Context, 459 classes) whose class name is also an NYU class (minus
 # "unknown"), plus tvmonitor (427): where the distilled normals are kept. Derived from ASTMT's
 # db_info/context_classes.json and nyu_classes.json exactly as ASTMT/ATRC/InvPT do.
-NORMALS_VALID_CLASSES = frozenset((
-    3, 4, 6, 9, 10, 11, 13, 15, 17, 18, 22, 23, 29, 30, 33, 34, 36, 37, 38, 39, 41, 43, 46, 49, 50,
-    51, 53, 55, 56, 59, 61, 62, 65, 66, 68, 69, 72, 73, 78, 83, 84, 85, 87, 88, 95, 96, 101, 104,
-    105, 107, 111, 113, 115, 122, 124, 135, 141, 142, 143, 146, 150, 154, 157, 158, 159, 165, 172,
-    174, 181, 183, 184, 191, 193, 195, 197, 199, 202, 213, 215, 216, 219, 220, 223, 225, 228, 230,
-    232, 233, 238, 239, 242, 243, 246, 250, 251, 252, 255, 260, 261, 263, 269, 272, 273, 275, 281,
-    283, 284, 285, 286, 287, 288, 290, 291, 292, 293, 295, 304, 307, 309, 310, 314, 315, 319, 323,
-    329, 330, 331, 336, 342, 345, 349, 350, 351, 352, 355, 357, 368, 370, 371, 374, 379, 380, 383,
-    384, 397, 401, 403, 405, 407, 408, 411, 412, 413, 414, 417, 419, 421, 423, 429, 430, 432, 440,
-    441, 442, 443, 444, 446, 454, 457, 427,
-))
+NORMALS_VALID_CLASSES = frozenset(
+    (
+        3,
+        4,
+        6,
+        9,
+        10,
+        11,
+        13,
+        15,
+        17,
+        18,
+        22,
+        23,
+        29,
+        30,
+        33,
+        34,
+        36,
+        37,
+        38,
+        39,
+        41,
+        43,
+        46,
+        49,
+        50,
+        51,
+        53,
+        55,
+        56,
+        59,
+        61,
+        62,
+        65,
+        66,
+        68,
+        69,
+        72,
+        73,
+        78,
+        83,
+        84,
+        85,
+        87,
+        88,
+        95,
+        96,
+        101,
+        104,
+        105,
+        107,
+        111,
+        113,
+        115,
+        122,
+        124,
+        135,
+        141,
+        142,
+        143,
+        146,
+        150,
+        154,
+        157,
+        158,
+        159,
+        165,
+        172,
+        174,
+        181,
+        183,
+        184,
+        191,
+        193,
+        195,
+        197,
+        199,
+        202,
+        213,
+        215,
+        216,
+        219,
+        220,
+        223,
+        225,
+        228,
+        230,
+        232,
+        233,
+        238,
+        239,
+        242,
+        243,
+        246,
+        250,
+        251,
+        252,
+        255,
+        260,
+        261,
+        263,
+        269,
+        272,
+        273,
+        275,
+        281,
+        283,
+        284,
+        285,
+        286,
+        287,
+        288,
+        290,
+        291,
+        292,
+        293,
+        295,
+        304,
+        307,
+        309,
+        310,
+        314,
+        315,
+        319,
+        323,
+        329,
+        330,
+        331,
+        336,
+        342,
+        345,
+        349,
+        350,
+        351,
+        352,
+        355,
+        357,
+        368,
+        370,
+        371,
+        374,
+        379,
+        380,
+        383,
+        384,
+        397,
+        401,
+        403,
+        405,
+        407,
+        408,
+        411,
+        412,
+        413,
+        414,
+        417,
+        419,
+        421,
+        423,
+        429,
+        430,
+        432,
+        440,
+        441,
+        442,
+        443,
+        444,
+        446,
+        454,
+        457,
+        427,
+    )
+)
 LABELMAP_DIR = ("pascal-context", "trainval")
 
 
@@ -87,9 +282,12 @@ def human_parts_from_mat(path: Path, hw: tuple[int, int], task: str = "human_par
     except DataError:
         raise
     except (KeyError, ValueError, IndexError, TypeError) as exc:
-        raise DataError(f"unexpected PASCAL-Part .mat structure ({type(exc).__name__}: {exc}); "
-                        "expected anno.objects(i).{class_ind, mask, parts(j).{part_name, mask}}",
-                        path=path, task=task) from None
+        raise DataError(
+            f"unexpected PASCAL-Part .mat structure ({type(exc).__name__}: {exc}); "
+            "expected anno.objects(i).{class_ind, mask, parts(j).{part_name, mask}}",
+            path=path,
+            task=task,
+        ) from None
     if target is None or not target.any():
         return np.full(hw, 255.0, dtype=np.float32)
     check_shape(target, hw, path, task)
@@ -100,11 +298,12 @@ def has_person(path: Path) -> bool:
     """Whether a PASCAL-Part annotation holds a person object (ASTMT's has_human_parts)."""
     anno = read_mat(path, "human_parts", "anno")
     try:
-        return any(int(np.asarray(o["class_ind"]).flat[0]) == PERSON_CLASS
-                   and np.asarray(o["mask"]).any() for o in anno[0, 0]["objects"].flat)
+        return any(
+            int(np.asarray(o["class_ind"]).flat[0]) == PERSON_CLASS and np.asarray(o["mask"]).any()
+            for o in anno[0, 0]["objects"].flat
+        )
     except (KeyError, ValueError, IndexError, TypeError) as exc:
-        raise DataError(f"unexpected PASCAL-Part .mat structure ({exc})", path=path,
-                        task="human_parts") from None
+        raise DataError(f"unexpected PASCAL-Part .mat structure ({exc})", path=path, task="human_parts") from None
 
 
 def _maybe_person(path: Path) -> bool:
@@ -161,8 +360,7 @@ class PascalLoader:
             elif task == "normals":
                 raw = read_png(path, task)
                 if raw.ndim != 3 or raw.shape[2] != 3:
-                    raise DataError(f"normals must be an RGB PNG, got shape {raw.shape}",
-                                    path=path, task=task)
+                    raise DataError(f"normals must be an RGB PNG, got shape {raw.shape}", path=path, task=task)
                 check_shape(raw, hw, path, task)
                 keep = np.isin(label_map, list(NORMALS_VALID_CLASSES))[:, :, None]
                 sample[task] = _to_chw(np.where(keep, 2.0 * raw / 255.0 - 1.0, 0.0))
@@ -179,13 +377,22 @@ class PascalContextBenchmark:
     folder = "PASCALContext"
     splits = {"train": "train", "val": "val", "test": "val"}
     edge_tolerance = 0.0075
-    task_dirs = {"image": ("JPEGImages", ".jpg"), "human_parts": ("human_parts", ".mat"),
-                 "saliency": ("sal_distill", ".png"), "normals": ("normals_distill", ".png"),
-                 "labelmap": ("pascal-context/trainval", ".mat")}
+    task_dirs = {
+        "image": ("JPEGImages", ".jpg"),
+        "human_parts": ("human_parts", ".mat"),
+        "saliency": ("sal_distill", ".png"),
+        "normals": ("normals_distill", ".png"),
+        "labelmap": ("pascal-context/trainval", ".mat"),
+    }
 
-    def __init__(self, root: str | Path | None, image_size: Sequence[int] = (512, 512),
-                 tasks: Sequence[str] | None = None, skip_bad: bool = False,
-                 scale: Sequence[float] = (0.5, 2.0)):
+    def __init__(
+        self,
+        root: str | Path | None,
+        image_size: Sequence[int] = (512, 512),
+        tasks: Sequence[str] | None = None,
+        skip_bad: bool = False,
+        scale: Sequence[float] = (0.5, 2.0),
+    ):
         self.root = resolve_root(root, self.folder, "ImageSets", self.name)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.tasks = check_tasks(self, tasks)
@@ -197,10 +404,13 @@ class PascalContextBenchmark:
         from tokenmtl import tasks as t
 
         check_tasks(self, [task])
-        factories = {"semseg": lambda: t.semseg_task(21),
-                     "human_parts": lambda: t.human_parts_task(7), "saliency": t.saliency_task,
-                     "normals": t.normals_task,
-                     "edge": lambda: t.edge_task(self.edge_tolerance, pos_weight=0.95)}
+        factories = {
+            "semseg": lambda: t.semseg_task(21),
+            "human_parts": lambda: t.human_parts_task(7),
+            "saliency": t.saliency_task,
+            "normals": t.normals_task,
+            "edge": lambda: t.edge_task(self.edge_tolerance, pos_weight=0.95),
+        }
         return factories[task]()
 
     def dataset(self, split: str, train: bool, tasks: Sequence[str] | None = None) -> SampleDataset:
@@ -208,8 +418,7 @@ class PascalContextBenchmark:
         if split not in self.splits:
             raise ValueError(f"unknown split {split!r} for pascal; available: {', '.join(self.splits)}")
         tasks = check_tasks(self, tasks) if tasks is not None else self.tasks
-        ids = read_ids(self.root / "ImageSets" / "Context" / f"{self.splits[split]}.txt",
-                       f"pascal {split}")
+        ids = read_ids(self.root / "ImageSets" / "Context" / f"{self.splits[split]}.txt", f"pascal {split}")
         keys = ["image", *[t for t in tasks if t != "edge"]]
         if "edge" in tasks or "normals" in tasks:
             keys.append("labelmap")
@@ -223,10 +432,10 @@ class PascalContextBenchmark:
         if tuple(tasks) == ("human_parts",):
             ids, paths = self._with_person(ids, paths, split)
         known_bad = missing_files(paths, self.skip_bad)
-        transform = (TrainTransform(self.image_size, self.scale) if train
-                     else EvalTransform(self.image_size))
-        return SampleDataset(f"pascal/{split}", ids, PascalLoader(paths, tuple(tasks)), transform,
-                             self.skip_bad, known_bad)
+        transform = TrainTransform(self.image_size, self.scale) if train else EvalTransform(self.image_size)
+        return SampleDataset(
+            f"pascal/{split}", ids, PascalLoader(paths, tuple(tasks)), transform, self.skip_bad, known_bad
+        )
 
     def _path(self, key: str, image_id: str) -> Path:
         if key == "semseg":
@@ -234,8 +443,9 @@ class PascalContextBenchmark:
         folder, ext = self.task_dirs[key]
         return self.root / folder / f"{image_id}{ext}"
 
-    def _with_person(self, ids: list[str], paths: list[dict[str, Path]], split: str
-                     ) -> tuple[list[str], list[dict[str, Path]]]:
+    def _with_person(
+        self, ids: list[str], paths: list[dict[str, Path]], split: str
+    ) -> tuple[list[str], list[dict[str, Path]]]:
         """Only images with a person: from ASTMT's cache `ImageSets/Parts/<split>.txt` (JSON
         id -> object categories) when present, else by reading each annotation."""
         cache = self.root / "ImageSets" / "Parts" / f"{self.splits[split]}.txt"

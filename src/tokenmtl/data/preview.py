@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-SEG_COLORS = np.array([
-    [0.55, 0.45, 0.30], [0.80, 0.80, 0.80], [0.90, 0.10, 0.10], [0.60, 0.20, 0.80],
-    [0.95, 0.60, 0.10], [0.15, 0.35, 0.90], [0.10, 0.80, 0.80], [0.95, 0.90, 0.15],
-    [0.30, 0.75, 0.25], [0.90, 0.45, 0.70], [0.45, 0.30, 0.15], [0.50, 0.50, 0.10],
-])
+SEG_COLORS = np.array(
+    [
+        [0.55, 0.45, 0.30],
+        [0.80, 0.80, 0.80],
+        [0.90, 0.10, 0.10],
+        [0.60, 0.20, 0.80],
+        [0.95, 0.60, 0.10],
+        [0.15, 0.35, 0.90],
+        [0.10, 0.80, 0.80],
+        [0.95, 0.90, 0.15],
+        [0.30, 0.75, 0.25],
+        [0.90, 0.45, 0.70],
+        [0.45, 0.30, 0.15],
+        [0.50, 0.50, 0.10],
+    ]
+)
 """Fixed colour per class id (cycled beyond 12 classes); ignore (255) is black."""
 
 
-def write_preview(benchmark: Any, path: str | os.PathLike, split: str = "train", n: int = 8,
-                  tasks: Sequence[str] | None = None) -> Path:
+def write_preview(
+    benchmark: Any, path: str | os.PathLike, split: str = "train", n: int = 8, tasks: Sequence[str] | None = None
+) -> Path:
     """Write a PNG: one row per sample (the first ``n`` of ``split``), image then each task."""
     import matplotlib
 
@@ -58,8 +71,7 @@ def _image_stats(benchmark: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray] 
     return None
 
 
-def _render_image(image: torch.Tensor,
-                  stats: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, None]:
+def _render_image(image: torch.Tensor, stats: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, None]:
     """Undo the normalisation; without known constants, stretch the image's range to [0, 1]."""
     rgb = image.numpy()
     if stats is None:

@@ -13,14 +13,16 @@ log(1 + x) / log(2^16); principal curvature standardised (2 channels); edge_occl
 [-1, 1] and Gaussian-blurred (sigma 4); the others clipped to their range and scaled to [-1, 1].
 Training adds a horizontal flip. The image is scaled to [-1, 1] (mean = std = 0.5).
 """
+
 from __future__ import annotations
 
 import csv
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,17 +34,28 @@ from tokenmtl.data.transforms import coin, finalize, hflip, normalize, resize_to
 
 # task -> (output channels, evaluation metric); the loss is L1 for all (DTME paper, App. B).
 TASKS = {
-    "depth_euclidean": (1, "l1"), "depth_zbuffer": (1, "l1"), "edge_occlusion": (1, "l1"),
-    "edge_texture": (1, "l1"), "keypoints2d": (1, "l1"), "keypoints3d": (1, "l1"),
-    "normal": (3, "l1"), "principal_curvature": (2, "rmse"), "reshading": (1, "l1"),
-    "segment_unsup2d": (1, "l1"), "segment_unsup25d": (1, "l1"),
+    "depth_euclidean": (1, "l1"),
+    "depth_zbuffer": (1, "l1"),
+    "edge_occlusion": (1, "l1"),
+    "edge_texture": (1, "l1"),
+    "keypoints2d": (1, "l1"),
+    "keypoints3d": (1, "l1"),
+    "normal": (3, "l1"),
+    "principal_curvature": (2, "rmse"),
+    "reshading": (1, "l1"),
+    "segment_unsup2d": (1, "l1"),
+    "segment_unsup25d": (1, "l1"),
 }
 # Raw value range mapped to [-1, 1] (sel-update-mtl's `current_scale`).
 VALUE_RANGE = {
-    "edge_occlusion": (0.0, 0.00625 * 2**16), "edge_texture": (0.0, 0.08 * 2**16),
-    "keypoints2d": (0.0, 0.005 * 2**16), "keypoints3d": (0.0, 1.0 * 2**16),
-    "normal": (0.0, 255.0), "reshading": (0.0, 255.0),
-    "segment_unsup2d": (0.0, 255.0), "segment_unsup25d": (0.0, 255.0),
+    "edge_occlusion": (0.0, 0.00625 * 2**16),
+    "edge_texture": (0.0, 0.08 * 2**16),
+    "keypoints2d": (0.0, 0.005 * 2**16),
+    "keypoints3d": (0.0, 1.0 * 2**16),
+    "normal": (0.0, 255.0),
+    "reshading": (0.0, 255.0),
+    "segment_unsup2d": (0.0, 255.0),
+    "segment_unsup25d": (0.0, 255.0),
 }
 CURVATURE_MEAN = (123.572, 120.1)
 CURVATURE_STD = (31.922, 21.658)
@@ -84,8 +97,8 @@ class TaskonomyTransform:
 class TaskonomyLoader:
     """Reads raw sample `index`: the RGB image and each task's PNG, checked against each other."""
 
-    bases: dict[str, str]            # task (and "rgb") -> folder holding the building folders
-    samples: list[tuple[str, str]]   # (building, "point_<P>_view_<V>")
+    bases: dict[str, str]  # task (and "rgb") -> folder holding the building folders
+    samples: list[tuple[str, str]]  # (building, "point_<P>_view_<V>")
     tasks: tuple[str, ...]
 
     def path(self, task: str, index: int) -> Path:
@@ -104,8 +117,11 @@ class TaskonomyLoader:
             raw = raw[:, :, None] if raw.ndim == 2 else raw
             channels = 3 if task in ("normal", "principal_curvature") else 1
             if raw.shape[:2] != rgb.shape[:2] or raw.shape[2] < channels:
-                raise DataError(f"label has shape {raw.shape}, the image is {rgb.shape[:2]} and "
-                                f"{channels} channel(s) are needed", path=path, task=task)
+                raise DataError(
+                    f"label has shape {raw.shape}, the image is {rgb.shape[:2]} and {channels} channel(s) are needed",
+                    path=path,
+                    task=task,
+                )
             chw = raw[:, :, :channels].transpose(2, 0, 1)
             sample[task] = torch.from_numpy(np.ascontiguousarray(chw))
         return sample
@@ -114,8 +130,10 @@ class TaskonomyLoader:
 def read_split_buildings(path: Path) -> dict[str, list[str]]:
     """Buildings per split from a Taskonomy split CSV (sel-update-mtl's train+val / test rule)."""
     if not path.is_file():
-        raise DataError("Taskonomy split file not found; pass split_file= or put the tiny split CSV "
-                        f"at <root>/{SPLIT_FILE}", path=path)
+        raise DataError(
+            f"Taskonomy split file not found; pass split_file= or put the tiny split CSV at <root>/{SPLIT_FILE}",
+            path=path,
+        )
     out: dict[str, list[str]] = {"train": [], "test": []}
     with path.open(newline="") as handle:
         rows = list(csv.reader(handle))
@@ -150,9 +168,14 @@ class TaskonomyBenchmark:
     default_tasks = available_tasks
     splits = ("train", "val", "test")
 
-    def __init__(self, root: str | Path | None, image_size: Sequence[int] = (256, 256),
-                 tasks: Sequence[str] | None = None, skip_bad: bool = False,
-                 split_file: str | Path | None = None):
+    def __init__(
+        self,
+        root: str | Path | None,
+        image_size: Sequence[int] = (256, 256),
+        tasks: Sequence[str] | None = None,
+        skip_bad: bool = False,
+        split_file: str | Path | None = None,
+    ):
         self.root = resolve_root(root, "taskonomy", "rgb", self.name)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.tasks = check_tasks(self, tasks)
@@ -182,17 +205,19 @@ class TaskonomyBenchmark:
             for key in keys:
                 missing = [task for task in tasks if key not in present[task]]
                 if missing:
-                    error = DataError("file missing for an RGB image", task=missing[0],
-                                      path=bases[missing[0]] / building
-                                      / f"{key}_domain_{missing[0]}.png")
+                    error = DataError(
+                        "file missing for an RGB image",
+                        task=missing[0],
+                        path=bases[missing[0]] / building / f"{key}_domain_{missing[0]}.png",
+                    )
                     if not self.skip_bad:
                         raise error
                     known_bad[len(samples)] = error
                 samples.append((building, key))
         if not samples:
-            raise DataError(f"no RGB images found for the {split} buildings {buildings[:5]}",
-                            path=bases["rgb"])
+            raise DataError(f"no RGB images found for the {split} buildings {buildings[:5]}", path=bases["rgb"])
         loader = TaskonomyLoader({k: str(v) for k, v in bases.items()}, samples, tuple(tasks))
         ids = [f"{b}/{k}" for b, k in samples]
-        return SampleDataset(f"taskonomy/{split}", ids, loader,
-                             TaskonomyTransform(self.image_size, train), self.skip_bad, known_bad)
+        return SampleDataset(
+            f"taskonomy/{split}", ids, loader, TaskonomyTransform(self.image_size, train), self.skip_bad, known_bad
+        )

@@ -7,9 +7,10 @@ distortion, normalisation, centred padding with each target's ignore value. Eval
 normalisation and padding only. All randomness comes from torch's global RNG, so DataLoader worker
 seeding makes a run reproducible. `finalize` turns labels into int64 (H, W).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +18,8 @@ from torch import Tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LABEL_TASKS = frozenset({"semseg", "human_parts"})       # class ids -> int64 (H, W)
-NORMAL_TASKS = frozenset({"normals", "normal"})          # x component flips sign on h-flip
+LABEL_TASKS = frozenset({"semseg", "human_parts"})  # class ids -> int64 (H, W)
+NORMAL_TASKS = frozenset({"normals", "normal"})  # x component flips sign on h-flip
 ZERO_FILL_TASKS = frozenset({"image", "depth", "normals"})  # padded with 0 (invalid); others 255
 
 Sample = dict[str, Tensor]
@@ -63,7 +64,7 @@ def random_scale(sample: Sample, low: float = 0.5, high: float = 2.0) -> Sample:
 
 
 def _crop(sample: Sample, top: int, left: int, size: tuple[int, int]) -> Sample:
-    return {k: v[..., top:top + size[0], left:left + size[1]] for k, v in sample.items()}
+    return {k: v[..., top : top + size[0], left : left + size[1]] for k, v in sample.items()}
 
 
 def random_crop(sample: Sample, size: Sequence[int], cat_max_ratio: float = 0.75) -> Sample:
@@ -81,7 +82,7 @@ def random_crop(sample: Sample, size: Sequence[int], cat_max_ratio: float = 0.75
     top, left = location()
     if cat_max_ratio < 1.0 and "semseg" in sample:
         for _ in range(10):
-            seg = sample["semseg"][..., top:top + ch, left:left + cw]
+            seg = sample["semseg"][..., top : top + ch, left : left + cw]
             _, counts = torch.unique(seg[seg != 255], return_counts=True)
             if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
                 break
@@ -104,11 +105,12 @@ def rgb_to_hsv(img: Tensor) -> Tensor:
     maxc, minc = img.max(0).values, img.min(0).values
     delta = maxc - minc
     safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    hue = torch.where(maxc == r, ((g - b) / safe) % 6,
-                      torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4)) * 60.0
+    hue = (
+        torch.where(maxc == r, ((g - b) / safe) % 6, torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
+        * 60.0
+    )
     hue = torch.where(delta > 0, hue, torch.zeros_like(hue))
-    sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)),
-                      torch.zeros_like(maxc))
+    sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
     return torch.stack([hue, sat, maxc])
 
 
@@ -120,20 +122,30 @@ def hsv_to_rgb(hsv: Tensor) -> Tensor:
     x = c * (1 - ((hp % 2) - 1).abs())
     zero = torch.zeros_like(c)
     sector = hp.floor().long().clamp(0, 5)
-    table = torch.stack([
-        torch.stack([c, x, zero]), torch.stack([x, c, zero]), torch.stack([zero, c, x]),
-        torch.stack([zero, x, c]), torch.stack([x, zero, c]), torch.stack([c, zero, x]),
-    ])  # (6, 3, H, W)
+    table = torch.stack(
+        [
+            torch.stack([c, x, zero]),
+            torch.stack([x, c, zero]),
+            torch.stack([zero, c, x]),
+            torch.stack([zero, x, c]),
+            torch.stack([x, zero, c]),
+            torch.stack([c, zero, x]),
+        ]
+    )  # (6, 3, H, W)
     rgb = table.gather(0, sector[None, None].expand(1, 3, *sector.shape))[0]
     return rgb + (val - c)
 
 
-def photometric_distortion(image: Tensor, brightness_delta: float = 32.0,
-                           contrast_range: tuple[float, float] = (0.5, 1.5),
-                           saturation_range: tuple[float, float] = (0.5, 1.5),
-                           hue_delta: int = 18) -> Tensor:
+def photometric_distortion(
+    image: Tensor,
+    brightness_delta: float = 32.0,
+    contrast_range: tuple[float, float] = (0.5, 1.5),
+    saturation_range: tuple[float, float] = (0.5, 1.5),
+    hue_delta: int = 18,
+) -> Tensor:
     """mmseg/ATRC PhotoMetricDistortion on a 0..255 image, each step with probability 0.5:
     brightness, contrast (first or last, at random), saturation, hue; uint8 clipping in between."""
+
     def convert(img: Tensor, alpha: float = 1.0, beta: float = 0.0) -> Tensor:
         return (img * alpha + beta).clamp(0, 255).floor()
 
@@ -156,8 +168,7 @@ def photometric_distortion(image: Tensor, brightness_delta: float = 32.0,
     return img
 
 
-def normalize(image: Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> Tensor:
+def normalize(image: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
     """(image / 255 - mean) / std, per channel."""
     m = torch.tensor(mean, dtype=image.dtype).view(3, 1, 1)
     s = torch.tensor(std, dtype=image.dtype).view(3, 1, 1)
@@ -202,9 +213,14 @@ def finalize(sample: Sample) -> Sample:
 class TrainTransform:
     """ATRC training pipeline: scale, crop, flip, photometric, normalise, pad, finalize."""
 
-    def __init__(self, size: Sequence[int], scale: tuple[float, float] = (0.5, 2.0),
-                 cat_max_ratio: float = 0.75, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD):
+    def __init__(
+        self,
+        size: Sequence[int],
+        scale: tuple[float, float] = (0.5, 2.0),
+        cat_max_ratio: float = 0.75,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
         self.size = (int(size[0]), int(size[1]))
         self.scale, self.cat_max_ratio, self.mean, self.std = scale, cat_max_ratio, mean, std
 
@@ -221,12 +237,10 @@ class TrainTransform:
 class EvalTransform:
     """Evaluation pipeline (no randomness): normalise, then pad (or centre crop) to `size`."""
 
-    def __init__(self, size: Sequence[int], mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD):
+    def __init__(self, size: Sequence[int], mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         self.size = (int(size[0]), int(size[1]))
         self.mean, self.std = mean, std
 
     def __call__(self, sample: Sample) -> Sample:
         sample = dict(sample, image=normalize(sample["image"], self.mean, self.std))
         return finalize(center_crop_to(pad_to(sample, self.size), self.size))
-

@@ -1,12 +1,28 @@
 """Conflict analysis of a multi-task model: token spaces and token-level gradient conflicts per layer.
 
-docs/method.md ("Token space", "Conflicts", "Analysis mode"). Pass 1 streams the tokens entering
-each block into a float64 covariance (no gradients), then eigendecomposes and splits it. Pass 2
-runs, per batch, one forward pass, T backward passes through the heads alone (each task's own
-head) and one backward pass through the shared blocks batched over the T tasks
-(`is_grads_batched`; a loop of T passes as a fallback), which gives dL_t/dX_l for every task and
-layer at once, and counts conflicts. Both passes read the same batches (checked) with the model in
-`analysis_mode`: batch-statistics normalisation, dropout and drop path off.
+docs/method.md ("Token space", "Conflicts", "Analysis mode", "Conflicts in an expanded model").
+Pass 1 streams the tokens entering each block into a float64 covariance (no gradients), then
+eigendecomposes and splits it. Pass 2 runs, per batch, one forward pass, T backward passes through
+the heads alone (each task's own head) and one backward pass through the blocks batched over the T
+tasks (`is_grads_batched`; a loop of T passes as a fallback), which gives dL_t/dX_l for every task
+and layer at once, and counts conflicts. Both passes read the same batches (checked) with the model
+in `analysis_mode`: batch-statistics normalisation, dropout and drop path off.
+
+Both passes run the model's own trunk (shared, or expanded by DTME/Recon) with an encoder wrapper
+that records what enters each block, so an expanded model is analysed as it computes:
+
+- Before the fork (the first block with per-task streams) there is one shared stream: X_l is
+  (B, N, D) and task t's token gradient is dL_t/dX_l, as for an unexpanded model.
+- At and after the fork the block input is the folded tensor X_l of shape (T*B, N, D), task-major
+  (rows t*B:(t+1)*B are task t's stream), taken where the block receives it: after the layer's
+  Token Modulation, without the Token Expansion tokens appended for that block (they are parameters,
+  not tokens of the stream; the sequence keeps its N tokens between blocks). Task t's token
+  gradient is the t-th slice of dL_t/dX_l; tokens of the T slices align by (sample, position), so
+  a pair (i, j) compares the change task i wants to its copy of a token with the change task j
+  wants to its own copy. The token space of such a layer is the covariance of all T*B*N tokens
+  (every task's stream). Pairs counted per layer: (valid tokens) x T(T-1)/2, as before the fork.
+- With identity Token Modulation (W=1, b=0) and no other edit, every slice is the shared stream
+  and every report is the unexpanded model's (tests/test_dtme_after_training.py).
 """
 from __future__ import annotations
 
@@ -46,6 +62,7 @@ class LayerReport:
     null_mean_cosine: float
     pairs_counted: float
     eigenvalues: list[float]
+    streams: int = 1  # token streams entering the block: 1 (shared), T at and after an expanded model's fork
 
 
 @dataclass
@@ -58,9 +75,11 @@ class ConflictReport:
     r: float
     energy_fraction: float | None
     num_batches: int
-    num_tokens: float
+    num_tokens: float                       # tokens counted per stream (all streams of a layer: x streams)
     exclude_prefix: bool
     timings: dict[str, float] = field(default_factory=dict)
+    fork: int | None = None                 # first block with per-task streams (None: one shared stream)
+    plan: dict[str, Any] | None = None      # the DTME plan the analysed model carries (None: unexpanded)
 
     def layer(self, index: int) -> LayerReport:
         """The report of block `index`."""
@@ -210,28 +229,119 @@ def common_batch_count(count: int, reduce: Reduce, device: torch.device | str | 
     return int(torch.nonzero(histogram > 0)[0].item())
 
 
-class _CaptureTrunk(nn.Module):
-    """Shared trunk that records the tokens entering the chosen blocks, as gradient targets."""
+class _Enough(Exception):
+    """Raised by `_CapturingEncoder` once the last wanted block input is recorded (covariance pass)."""
+
+
+class _CapturingEncoder:
+    """Stands in for the encoder while the model's own trunk runs: records the input of the chosen
+    blocks (in block order), the last block's output, and, with `grads`, makes the first chosen
+    block's input a gradient target (nothing before it builds a graph). With `stop`, the forward
+    ends (`_Enough`) after the last chosen block input is recorded. Every other attribute is the
+    encoder's."""
+
+    def __init__(self, encoder: Any, layers: Sequence[int], grads: bool, stop: bool) -> None:
+        self._encoder = encoder
+        self._layers = set(layers)
+        self._first, self._last = min(layers), max(layers)
+        self._grads, self._stop = grads, stop
+        self.captured: list[torch.Tensor] = []
+        self.output: torch.Tensor | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._encoder, name)
+
+    def run_block(self, index: int, tokens: torch.Tensor, ctx: Any) -> torch.Tensor:
+        if self._grads and index == self._first:
+            tokens = tokens.detach().requires_grad_(True)
+        if index in self._layers:
+            self.captured.append(tokens)
+        if self._stop and index == self._last:
+            raise _Enough
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (not self._grads or index >= self._first)):
+            self.output = self._encoder.run_block(index, tokens, ctx)
+        return self.output
+
+
+class _RecordingTrunk(nn.Module):
+    """The model's own trunk, run with a `_CapturingEncoder` (installed as `model.trunk` for a pass).
+
+    Its `recorder.captured` tensors are (B, N', D) before an expanded trunk's fork and (T*B, N', D)
+    at and after it (N' > N where TE tokens are appended for the block; the first N tokens are the
+    stream's own); `tokens` and `ctx` are the embedded batch's."""
+
+    def __init__(self, trunk: nn.Module, layers: Sequence[int], grads: bool, stop: bool = False) -> None:
+        super().__init__()
+        self.inner = trunk
+        self.layers, self.grads, self.stop = list(layers), grads, stop
+
+    def forward(self, encoder: Any, tokens: torch.Tensor, ctx: Any, tasks: list[str]) -> dict[str, torch.Tensor]:
+        self.recorder = _CapturingEncoder(encoder, self.layers, self.grads, self.stop)
+        self.tokens, self.ctx = tokens, ctx
+        try:
+            streams = self.inner(self.recorder, tokens, ctx, tasks)
+        except _Enough:
+            streams = {}
+        if len(self.recorder.captured) != len(self.layers):
+            raise RuntimeError(f"the trunk ran {len(self.recorder.captured)} of the {len(self.layers)} analysed "
+                               "blocks; analyze needs a trunk that runs every block through encoder.run_block")
+        return streams
+
+    def record(self, model: nn.Module, inputs: Any, tasks: list[str]) -> list[torch.Tensor]:
+        """Embed `inputs` and run the trunk up to the last analysed block input (no heads)."""
+        tokens, ctx = model.encoder.embed(inputs)
+        self(model.encoder, tokens, ctx, tasks)
+        return self.recorder.captured
+
+
+class _CaptureTrunk(_RecordingTrunk):
+    """A shared trunk recording the inputs of `layers` as gradient targets (`captured`, `output`)."""
 
     def __init__(self, layers: Sequence[int]) -> None:
-        super().__init__()
-        self.layers = set(layers)
-        self.first = min(layers)
-        self.captured: list[torch.Tensor] = []
+        from tokenmtl.models.multitask import SharedTrunk
 
-    def forward(self, encoder: Any, tokens: torch.Tensor, ctx: Any,
-                tasks: list[str]) -> dict[str, torch.Tensor]:
-        self.captured = []
-        for index in range(encoder.num_blocks):
-            if index == self.first:  # nothing before the first analysed block needs gradients
-                tokens = tokens.detach().requires_grad_(True)
-            if index in self.layers:
-                self.captured.append(tokens)
-            with torch.set_grad_enabled(index >= self.first):
-                tokens = encoder.run_block(index, tokens, ctx)
-        self.ctx = ctx
-        self.output = tokens
-        return {task: tokens for task in tasks}
+        super().__init__(SharedTrunk(), list(layers), grads=True)
+
+    @property
+    def captured(self) -> list[torch.Tensor]:
+        return self.recorder.captured
+
+    @property
+    def output(self) -> torch.Tensor | None:
+        return self.recorder.output
+
+
+@contextmanager
+def _installed(model: nn.Module, trunk: _RecordingTrunk) -> Iterator[_RecordingTrunk]:
+    original = model.trunk
+    model.trunk = trunk
+    try:
+        yield trunk
+    finally:
+        model.trunk = original
+
+
+def _streams(captured: torch.Tensor, batch: int, num_tasks: int, layer: int) -> int:
+    """1 for a shared block input (B rows), T for a folded one (T*B rows)."""
+    rows = captured.shape[0]
+    if rows == batch:
+        return 1
+    if rows == batch * num_tasks:
+        return num_tasks
+    raise ValueError(f"block {layer} receives {rows} rows for a batch of {batch} and {num_tasks} tasks; "
+                     "analyze understands a shared stream (B rows) or task-major folded streams (T*B rows)")
+
+
+def _own_slices(grad: torch.Tensor, streams: int, num_tokens: int) -> torch.Tensor:
+    """(T, R, N', D) gradients of the T losses at a block input -> (T, B, N, D) token gradients:
+    the whole gradient for a shared input, the t-th slice of dL_t/dX for folded streams."""
+    grad = grad[:, :, :num_tokens]
+    if streams == 1:
+        return grad
+    num_tasks = grad.shape[0]
+    folded = grad.reshape(num_tasks, streams, -1, *grad.shape[2:])
+    index = torch.arange(num_tasks, device=grad.device)
+    return folded[index, index]
 
 
 def _task_gradients(losses: torch.Tensor, inputs: list[torch.Tensor], output: torch.Tensor,
@@ -256,12 +366,8 @@ def _progress(iterable: Iterable, total: int | None, desc: str, enabled: bool) -
 
 
 def _check_model(model: nn.Module) -> None:
-    from tokenmtl.dtme.expand import plan_of
-
     if not all(hasattr(model, a) for a in ("encoder", "heads", "trunk", "inputs_from_batch")):
         raise TypeError(f"analyze needs a MultiTaskModel; got {type(model).__name__}")
-    if plan_of(model) is not None:
-        raise ValueError("analyze runs on an unexpanded model (shared trunk); this one is already expanded")
     if len(model.tasks) < 2:
         raise ValueError(f"conflicts need at least 2 tasks; the model has {model.tasks}")
 
@@ -294,7 +400,13 @@ def analyze(
     batch count. The model runs in `analysis_mode` (batch statistics, no dropout), and its modes,
     running statistics and parameter `.grad`s are left as they were. `batched=False` replaces the
     task-batched backward by T backward passes (same result).
+
+    An expanded model (DTME plan, Recon split layers) is analysed through its own trunk: blocks at
+    and after the fork see T task streams; see the module docstring for what a token, its task
+    gradients and its token space are there (`LayerReport.streams`, `ConflictReport.fork`/`plan`).
     """
+    from tokenmtl.dtme.expand import plan_of
+
     _check_model(model)
     encoder = model.encoder
     tasks = list(model.tasks)
@@ -320,17 +432,17 @@ def analyze(
     with analysis_mode(model):
         start = time.perf_counter()
         covs = {l: TokenCovariance(encoder.embed_dim, name=str(l), device=device) for l in layers}
+        streams: dict[int, int] = {}
         fingerprints: list[int] = []
-        with torch.no_grad():
+        with torch.no_grad(), _installed(model, _RecordingTrunk(model.trunk, layers, grads=False, stop=True)) as rec:
             for batch in _progress(islice(loader, limit), total, "dtme: token covariance", progress):
                 fingerprints.append(batch_fingerprint(batch))
-                tokens, ctx = encoder.embed(_to_device(model.inputs_from_batch(batch), device))
-                mask = _token_mask(encoder, tokens, ctx, exclude_prefix)
-                for index in range(layers[-1] + 1):
-                    if index in covs:
-                        covs[index].update(tokens, mask)
-                    if index < layers[-1]:
-                        tokens = encoder.run_block(index, tokens, ctx)
+                captured = rec.record(model, _to_device(model.inputs_from_batch(batch), device), tasks)
+                batch_size, num_tokens = rec.tokens.shape[:2]
+                mask = _token_mask(encoder, rec.tokens, rec.ctx, exclude_prefix)
+                for l, x in zip(layers, captured):
+                    streams[l] = _streams(x, batch_size, len(tasks), l)
+                    covs[l].update(x[:, :num_tokens], None if mask is None else mask.repeat(streams[l], 1))
         seen = len(fingerprints)
         if seen == 0:
             raise ValueError("the loader yielded no batch")
@@ -346,11 +458,8 @@ def analyze(
 
         start = time.perf_counter()
         counts = {l: ConflictCounts() for l in layers}
-        capture = _CaptureTrunk(layers)
-        original_trunk = model.trunk
-        model.trunk = capture
         again = 0
-        try:
+        with _installed(model, _RecordingTrunk(model.trunk, layers, grads=True)) as rec:
             for batch in _progress(islice(loader, seen), seen, "dtme: conflicts", progress):
                 if batch_fingerprint(batch) != fingerprints[again]:
                     raise ValueError(
@@ -370,14 +479,13 @@ def analyze(
                     losses = torch.stack([loss_dict[t].reshape(()) for t in tasks])
                     if not losses.requires_grad:
                         raise ValueError("the task losses do not depend on the model (no gradient)")
-                    grads = _task_gradients(losses, capture.captured, capture.output, batched)
-                mask = _token_mask(encoder, capture.captured[0], capture.ctx, exclude_prefix)
+                    grads = _task_gradients(losses, rec.recorder.captured, rec.recorder.output, batched)
+                num_tokens = rec.tokens.shape[1]
+                mask = _token_mask(encoder, rec.tokens, rec.ctx, exclude_prefix)
                 for l, g in zip(layers, grads):
-                    g = g.detach()
+                    g = _own_slices(g.detach(), streams[l], num_tokens)           # (T, B, N, D)
                     g = g.reshape(len(tasks), -1, g.shape[-1]) if mask is None else g[:, mask]
                     counts[l].add(conflict_counts(g, spaces[l]))
-        finally:
-            model.trunk = original_trunk
         if again != seen:
             raise ValueError(f"the loader yielded {again} batches in the conflict pass but {seen} in the "
                              "covariance pass; analyze needs the same batches in both passes")
@@ -392,14 +500,17 @@ def analyze(
             range_conflict_rate=counts[l].range_rate, null_conflict_rate=counts[l].null_rate,
             range_mean_cosine=counts[l].range_mean_cosine, null_mean_cosine=counts[l].null_mean_cosine,
             pairs_counted=counts[l].pairs, eigenvalues=[float(v) for v in spaces[l].eigenvalues],
+            streams=streams[l],
         )
         for l in layers
     ]
+    plan = plan_of(model)
     return ConflictReport(
         tasks=tasks, num_blocks=num_blocks, layers=layer_reports, r=float(r),
-        energy_fraction=energy_fraction, num_batches=seen, num_tokens=float(covs[layers[0]].count),
-        exclude_prefix=exclude_prefix,
+        energy_fraction=energy_fraction, num_batches=seen,
+        num_tokens=float(covs[layers[0]].count) / streams[layers[0]], exclude_prefix=exclude_prefix,
         timings={"covariance_s": covariance_s, "eigh_s": eigh_s, "conflicts_s": conflicts_s,
                  "covariance_eigh_s": covariance_s + eigh_s,
                  "conflicts_per_batch_s": conflicts_s / seen},
+        fork=getattr(model.trunk, "fork", None), plan=None if plan is None else plan.to_dict(),
     )

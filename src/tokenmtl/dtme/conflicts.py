@@ -11,6 +11,7 @@ its norm is common), and its conflicts must still be counted. The round-off guar
 to the norms of the projections in that space (see `_space_statistics`), so only inner products
 that round-off could have produced count as zero.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,12 +21,19 @@ import torch
 from tokenmtl.dtme.token_space import TokenSpace
 
 # Index of each statistic in ConflictCounts.values (one float64 vector, so one all-reduce).
-_FIELDS = ("pairs", "range_conflicts", "null_conflicts", "range_cos_sum", "range_cos_count",
-           "null_cos_sum", "null_cos_count")
+_FIELDS = (
+    "pairs",
+    "range_conflicts",
+    "null_conflicts",
+    "range_cos_sum",
+    "range_cos_count",
+    "null_cos_sum",
+    "null_cos_count",
+)
 # Safety factor of the round-off bounds (see `_space_statistics`).
 _ROUNDOFF = 4.0
 # Tokens per chunk of the float64 rotation: chunk * T * D values at most 2**24 (128 MiB).
-_CHUNK_VALUES = 2 ** 24
+_CHUNK_VALUES = 2**24
 
 
 @dataclass
@@ -44,7 +52,7 @@ class ConflictCounts:
             return float(self.values[_FIELDS.index(name)])
         raise AttributeError(name)
 
-    def add(self, other: "ConflictCounts") -> None:
+    def add(self, other: ConflictCounts) -> None:
         """Accumulate another batch's counts in place."""
         self.values = self.values.to(other.values.device) + other.values
 
@@ -84,8 +92,9 @@ def projection_error(full_norms: torch.Tensor, dim: int, input_eps: float) -> to
     return (0.5 * input_eps + _ROUNDOFF * dim * eps64) * full_norms
 
 
-def _space_statistics(gram: torch.Tensor, delta: torch.Tensor, space_dim: int, i: torch.Tensor,
-                      j: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _space_statistics(
+    gram: torch.Tensor, delta: torch.Tensor, space_dim: int, i: torch.Tensor, j: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
     """Conflict count, cosine sum and cosine count of one space from per-token float64 Grams (M, T, T).
 
     With projections p and their round-off bounds delta, `<p_i, p_j>` is known to within
@@ -95,7 +104,7 @@ def _space_statistics(gram: torch.Tensor, delta: torch.Tensor, space_dim: int, i
     conflict (|<p_i, p_j>| <= |p_i||p_j| <= tol), and its cosine is undefined (not averaged).
     """
     eps64 = float(torch.finfo(torch.float64).eps)
-    inner = gram[:, i, j]                                             # (M, P)
+    inner = gram[:, i, j]  # (M, P)
     norms = torch.diagonal(gram, dim1=1, dim2=2).clamp_min(0).sqrt()  # (M, T)
     ni, nj, di, dj = norms[:, i], norms[:, j], delta[:, i], delta[:, j]
     tol = di * nj + ni * dj + di * dj + _ROUNDOFF * space_dim * eps64 * ni * nj
@@ -130,9 +139,9 @@ def conflict_counts(task_grads: torch.Tensor, space: TokenSpace) -> ConflictCoun
     sums = torch.zeros(6, dtype=torch.float64, device=device)
     chunk = max(1, _CHUNK_VALUES // (num_tasks * dim))
     for start in range(0, num_tokens, chunk):
-        grads = task_grads[:, start:start + chunk].to(torch.float64).transpose(0, 1)  # (m, T, D)
-        delta = projection_error(grads.norm(dim=-1), dim, input_eps)              # (m, T)
-        projected = grads @ basis                                                 # (m, T, D)
+        grads = task_grads[:, start : start + chunk].to(torch.float64).transpose(0, 1)  # (m, T, D)
+        delta = projection_error(grads.norm(dim=-1), dim, input_eps)  # (m, T)
+        projected = grads @ basis  # (m, T, D)
         stats = []
         for part in (projected[..., :k], projected[..., k:]):
             stats.append(_space_statistics(part @ part.transpose(1, 2), delta, part.shape[-1], i, j))

@@ -11,9 +11,11 @@ build the same model, `expand(model, Plan.from_dict(ckpt["dtme_plan"]))`, then
 `model.load_state_dict(ckpt["model"])`. Added parameters are named `trunk.*`; give them a new
 optimizer parameter group after `expand` (`added_parameters(model)`), keeping the existing state.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,8 +69,7 @@ class ExpandedTrunk(nn.Module):
         layers = [int(k) for k in self.tm] + [int(k) for k in self.te] + self.split_blocks
         return min(layers) if layers else None
 
-    def forward(self, encoder: Any, tokens: torch.Tensor, ctx: Any,
-                tasks: Sequence[str]) -> dict[str, torch.Tensor]:
+    def forward(self, encoder: Any, tokens: torch.Tensor, ctx: Any, tasks: Sequence[str]) -> dict[str, torch.Tensor]:
         tasks = list(tasks)
         unknown = [t for t in tasks if t not in self.tasks]
         if unknown:
@@ -90,11 +91,12 @@ class ExpandedTrunk(nn.Module):
                 x = self.tm[key](x, tasks)
             if key in self.te:
                 te = self.te[key]
-                x = te.drop(encoder.run_block(index, te.append(x, tasks),
-                                              encoder.extend_ctx(folded_ctx, te.num_tokens)))
+                x = te.drop(
+                    encoder.run_block(index, te.append(x, tasks), encoder.extend_ctx(folded_ctx, te.num_tokens))
+                )
             else:
                 x = encoder.run_block(index, x, folded_ctx)
-        return {task: x[t * batch:(t + 1) * batch] for t, task in enumerate(tasks)}
+        return {task: x[t * batch : (t + 1) * batch] for t, task in enumerate(tasks)}
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """The parameters only `task` uses: its modulators, tokens and split copies."""
@@ -115,8 +117,9 @@ def plan_of(model: nn.Module) -> Plan | None:
 
 def _check_plan(model: nn.Module, plan: Plan) -> None:
     if plan_of(model) is not None:
-        raise ValueError("this model is already expanded (its trunk is an ExpandedTrunk); "
-                         "expand a freshly built model instead")
+        raise ValueError(
+            "this model is already expanded (its trunk is an ExpandedTrunk); expand a freshly built model instead"
+        )
     if not all(hasattr(model, a) for a in ("encoder", "heads", "trunk")):
         raise TypeError(f"expand needs a MultiTaskModel (encoder, heads, trunk); got {type(model).__name__}")
     if sorted(plan.tasks) != sorted(model.tasks):

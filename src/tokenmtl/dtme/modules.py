@@ -1,13 +1,15 @@
-"""Per-task modules that DTME adds to a shared trunk (METHOD.md 1.4), all acting on task-major folds.
+"""Per-task modules that DTME adds to a shared trunk, all acting on task-major folds
+(docs/method.md, "Token Modulation, Token Expansion and task streams").
 
 A folded batch holds the streams of the active tasks stacked along the batch axis: rows
 `t*B:(t+1)*B` are task `tasks[t]`. Each module keeps one parameter set per task (named by the
 task, so `MultiTaskModel.task_parameters(task)` finds exactly that task's own parameters) and
 applies all of them in one batched tensor operation.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -15,9 +17,7 @@ from torch import nn
 
 def _unfold(x: torch.Tensor, num_streams: int, what: str) -> torch.Tensor:
     if x.shape[0] % num_streams:
-        raise ValueError(
-            f"{what}: a folded batch of {x.shape[0]} rows cannot hold {num_streams} task streams"
-        )
+        raise ValueError(f"{what}: a folded batch of {x.shape[0]} rows cannot hold {num_streams} task streams")
     return x.reshape(num_streams, x.shape[0] // num_streams, *x.shape[1:])
 
 
@@ -60,7 +60,8 @@ class TokenModulation(nn.Module):
 class TokenExpansion(nn.Module):
     """Token Expansion of one layer: `num_tokens` learnable tokens per task.
 
-    Init: normal with std 0.02, truncated at +-2 std (our choice; METHOD.md 1.4).
+    Init: normal with std 0.02, truncated at +-2 std (our choice; docs/method.md, "Token Modulation,
+    Token Expansion and task streams").
 
     `append` adds each stream's own tokens after its sequence; `drop` removes them after the
     block (VPT-deep style), so the sequence length seen by later blocks and heads is unchanged.
@@ -80,8 +81,8 @@ class TokenExpansion(nn.Module):
     def append(self, x: torch.Tensor, tasks: Sequence[str]) -> torch.Tensor:
         """(T*B, N, D) -> (T*B, N + num_tokens, D): each stream gets its task's tokens appended."""
         streams = _unfold(x, len(tasks), "TokenExpansion")
-        extra = torch.stack([self.tokens[t] for t in tasks]).to(x.dtype)       # (T, n, D)
-        extra = extra[:, None].expand(len(tasks), streams.shape[1], -1, -1)    # (T, B, n, D)
+        extra = torch.stack([self.tokens[t] for t in tasks]).to(x.dtype)  # (T, n, D)
+        extra = extra[:, None].expand(len(tasks), streams.shape[1], -1, -1)  # (T, B, n, D)
         return torch.cat([streams, extra], dim=2).reshape(x.shape[0], -1, x.shape[-1])
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
@@ -104,10 +105,12 @@ class TaskSpecificLinear(nn.Module):
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
-        self.weight = nn.ParameterDict(
-            {t: nn.Parameter(linear.weight.detach().clone()) for t in tasks})
-        self.bias = None if linear.bias is None else nn.ParameterDict(
-            {t: nn.Parameter(linear.bias.detach().clone()) for t in tasks})
+        self.weight = nn.ParameterDict({t: nn.Parameter(linear.weight.detach().clone()) for t in tasks})
+        self.bias = (
+            None
+            if linear.bias is None
+            else nn.ParameterDict({t: nn.Parameter(linear.bias.detach().clone()) for t in tasks})
+        )
         self.active_tasks: tuple[str, ...] = tuple(tasks)
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:

@@ -3,14 +3,16 @@
 A plan is data (a small JSON dict saved with every checkpoint), so an expanded model can be
 rebuilt exactly: build the model, `expand(model, Plan.from_dict(d))`, then load the state dict.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 STRATEGIES = ("conflict", "random", "reverse", "swap")
 MODES = ("both", "tm", "te", "none")  # none: the empty-plan control (analysis, no expansion)
@@ -56,7 +58,7 @@ class Plan:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Plan":
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         """Inverse of `to_dict`; unknown keys are an error listing the valid ones."""
         valid = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - valid)
@@ -69,7 +71,7 @@ class Plan:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Plan":
+    def load(cls, path: str | Path) -> Plan:
         """Read a plan written by `save`."""
         return cls.from_dict(json.loads(Path(path).read_text()))
 
@@ -124,8 +126,17 @@ def make_plan(
         te = []
     if mode in ("te", "none"):
         tm = []
-    return Plan(tm=tm, te=te, num_tokens=num_tokens, modulator=modulator, tasks=list(report.tasks),
-                strategy=strategy, ratio=float(ratio), mode=mode, seed=int(seed))
+    return Plan(
+        tm=tm,
+        te=te,
+        num_tokens=num_tokens,
+        modulator=modulator,
+        tasks=list(report.tasks),
+        strategy=strategy,
+        ratio=float(ratio),
+        mode=mode,
+        seed=int(seed),
+    )
 
 
 __all__ = ["Plan", "make_plan", "num_selected", "STRATEGIES", "MODES", "MODULATORS"]

@@ -1,8 +1,10 @@
-"""Token space of one layer: streaming uncentered covariance and its range/null split (METHOD.md 1.1).
+"""Token space of one layer: streaming uncentered covariance and its range/null split
+(docs/method.md, "Token space of a layer").
 
 The covariance is accumulated in float64, batch by batch (memory O(D^2), never O(M*D)); the
 split keeps in the range space the top eigenvectors holding a fraction r/(1+r) of the energy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,7 +13,8 @@ import torch
 
 
 class TokenCovariance:
-    """Streaming uncentered token covariance `C = (1/M) sum_m x_m x_m^T` in float64 (METHOD.md 1.1).
+    """Streaming uncentered token covariance `C = (1/M) sum_m x_m x_m^T` in float64
+    (docs/method.md, "Token space of a layer").
 
     `update(tokens)` takes any shape ending in D (all leading axes are tokens). `sum` and `count`
     are plain tensors so that a distributed run can all-reduce them (SUM) before reading `matrix`.
@@ -32,8 +35,7 @@ class TokenCovariance:
         """Add tokens (..., D); `mask` (the leading shape, bool) keeps only the True tokens."""
         if tokens.shape[-1] != self.dim:
             raise ValueError(
-                f"tokens{self._where()} have last dimension {tokens.shape[-1]}; this covariance "
-                f"expects D={self.dim}"
+                f"tokens{self._where()} have last dimension {tokens.shape[-1]}; this covariance expects D={self.dim}"
             )
         x = tokens.detach().reshape(-1, self.dim)
         if mask is not None:
@@ -62,9 +64,9 @@ class TokenCovariance:
 class TokenSpace:
     """Range/null split of a token space: orthonormal bases and the eigenvalues (descending)."""
 
-    range_basis: torch.Tensor   # (D, k)
-    null_basis: torch.Tensor    # (D, D - k)
-    eigenvalues: torch.Tensor   # (D,), descending
+    range_basis: torch.Tensor  # (D, k)
+    null_basis: torch.Tensor  # (D, D - k)
+    eigenvalues: torch.Tensor  # (D,), descending
     k: int
 
     @property
@@ -79,7 +81,8 @@ class TokenSpace:
 
 
 def range_rank(eigenvalues: torch.Tensor, r: float = 100.0, energy_fraction: float | None = None) -> int:
-    """Smallest k with `sum_{i<=k} s_i >= f * sum_i s_i`, f = r/(1+r) or `energy_fraction` (METHOD.md 1.1).
+    """Smallest k with `sum_{i<=k} s_i >= f * sum_i s_i`, f = r/(1+r) or `energy_fraction`
+    (docs/method.md, "Token space of a layer").
 
     Eigenvalues must be sorted descending; tiny negative ones (round-off) count as zero. An all-zero
     spectrum has no range (k = 0).
@@ -108,7 +111,8 @@ def split_token_space(
     energy_fraction: float | None = None,
     name: str | None = None,
 ) -> TokenSpace:
-    """Eigendecompose a token covariance and split it into range (top k) and null spaces (METHOD.md 1.1).
+    """Eigendecompose a token covariance and split it into range (top k) and null spaces
+    (docs/method.md, "Token space of a layer").
 
     `r` is the range:null energy ratio (k keeps r/(1+r) of the energy: r=100 -> 99%);
     `energy_fraction` replaces it with a plain fraction. k = D gives an empty null basis (D x 0).

@@ -4,12 +4,13 @@ A callback sees the loop through `StepEvent` (the step, the batch, the losses an
 result) and the `Run` (model, loss function); the trainer calls every callback in order at the
 start and at the end of each optimisation step.
 """
+
 from __future__ import annotations
 
 import contextlib
-
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -22,7 +23,7 @@ class StepEvent:
     batch: Mapping[str, Any]
     inputs: Any
     losses: dict[str, float]
-    backward: Any = None        # what GradDriver.backward returned (task_weights when it has them)
+    backward: Any = None  # what GradDriver.backward returned (task_weights when it has them)
     lr: float = 0.0
 
 

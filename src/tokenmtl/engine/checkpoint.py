@@ -4,18 +4,20 @@ the last K good checkpoints are kept so a bad one never costs the run.
 
 Multi-process runs need no shared disk to resume: `load_resume_state` reads on rank 0 only and
 broadcasts the state (or the reason it could not) to the other ranks."""
+
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import os
 import pickle
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from tokenmtl.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
     from tokenmtl.engine.distributed import DistContext
@@ -25,23 +27,6 @@ MANIFEST = "checkpoints.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated, corrupted or does not fit the run."""
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def read_manifest(folder: Path) -> list[dict[str, Any]]:
@@ -63,13 +48,12 @@ def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], keep: 
     torch.save(state, buffer)
     data = buffer.getvalue()
     path = folder / f"ckpt-{step:08d}.pt"
-    _atomic_write(path, data)
+    atomic_write_bytes(path, data)
     entries = [e for e in read_manifest(folder) if e["file"] != path.name]
-    entries.append({"file": path.name, "step": step, "sha256": hashlib.sha256(data).hexdigest(),
-                    "bytes": len(data)})
+    entries.append({"file": path.name, "step": step, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
     entries.sort(key=lambda e: e["step"])
     stale, entries = entries[:-keep], entries[-keep:]
-    _atomic_write(folder / MANIFEST, json.dumps({"checkpoints": entries}, indent=1).encode())
+    atomic_write_bytes(folder / MANIFEST, json.dumps({"checkpoints": entries}, indent=1).encode())
     for entry in stale:
         (folder / entry["file"]).unlink(missing_ok=True)
     return path
@@ -98,8 +82,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's weights_only refusal: a long multi-line text
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: not a torch file, or one holding "
-                              "pickled objects other than tensors and plain containers") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be loaded: not a torch file, or one holding "
+            "pickled objects other than tensors and plain containers"
+        ) from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
         first = (str(err).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: {type(err).__name__}: {first}") from None
@@ -127,7 +113,7 @@ def latest_good_checkpoint(folder: str | Path) -> tuple[Path, dict[str, Any]] | 
     return None
 
 
-def load_resume_state(folder: str | Path, dist: "DistContext") -> tuple[Path, dict[str, Any]] | None:
+def load_resume_state(folder: str | Path, dist: DistContext) -> tuple[Path, dict[str, Any]] | None:
     """`latest_good_checkpoint(folder)` as rank 0 sees it, on every rank.
 
     Only rank 0 reads (the other ranks' `folder` may be empty or absent: no shared disk); the

@@ -15,6 +15,7 @@ from tokenmtl.engine.checkpoint import load_checkpoint
 from tokenmtl.engine.evaluate import evaluate as evaluate_model
 from tokenmtl.engine.results import build_results
 from tokenmtl.engine.run import Run, build_run, load_weights, run_config
+from tokenmtl.fileio import atomic_write_text
 
 
 def checkpoint_and_config(target: str | Path | Mapping[str, Any], checkpoint: str | Path | None = None,
@@ -57,7 +58,7 @@ def evaluate_checkpoint(target: str | Path | Mapping[str, Any], checkpoint: str 
     results = build_results(run, metrics, split, {"iterations": int(state["step"])}, state.get("edit_step"))
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "results.json").write_text(json.dumps(results, indent=1))
+        atomic_write_text(Path(out) / "results.json", json.dumps(results, indent=1))
     return results
 
 
@@ -65,15 +66,17 @@ def analyze_checkpoint(target: str | Path | Mapping[str, Any], checkpoint: str |
                        out: str | Path | None = None, overrides: list[str] | None = None,
                        num_batches: int | None = None, progress: bool = False) -> tuple[Any, Any]:
     """Token-space conflict report and DTME plan of a checkpoint (or a fresh model of the config);
-    writes conflicts.json, plan.json and plots into `out`. Same function as training's analysis."""
+    writes conflicts.json, plan.json and plots into `out`. Same function as training's analysis.
+
+    A checkpoint from after an edit (a DTME run's final checkpoint, Recon) is analysed as the
+    edited model it holds (docs/method.md, "Conflicts in an expanded model"): the run builder
+    restores the edits, the report covers the per-task streams, and for a DTME checkpoint the plan
+    returned and plotted is the run's own (no new plan.json is written)."""
     from tokenmtl.engine.dtme_edit import analyse_and_plan
 
     state, cfg = checkpoint_and_config(target, checkpoint, overrides)
     if state is not None and cfg.tasks is not None and state.get("tasks") not in (None, cfg.tasks):
         raise ValueError(f"checkpoint tasks {state.get('tasks')} differ from the config's {cfg.tasks}")
-    if state is not None and (state.get("edits") or state.get("dtme_plan")):
-        raise ValueError("this checkpoint's model is already edited (DTME/Recon); analyse a checkpoint "
-                         "from before the edit")
     run = load_run(state, cfg, progress=progress)
     return analyse_and_plan(run.model, run.analysis_loader(), run.loss_fn, cfg.dtme, device=run.device,
                             out=Path(out) if out is not None else None, progress=progress, num_batches=num_batches)

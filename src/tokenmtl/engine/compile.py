@@ -7,7 +7,8 @@ The heads and the rest of the model stay eager.
 
 Gradient methods take T backward passes through the same graph (``retain_graph=True``), which
 AOTAutograd's donated buffers forbid (its error message names the switch); compiling therefore
-turns ``torch._functorch.config.donated_buffer`` off, for the whole process. The first steps pay the compilation (on a CPU,
+turns ``torch._functorch.config.donated_buffer`` off, for the whole process.
+The first steps pay the compilation (on a CPU,
 Inductor builds C++ kernels with the system compiler); ``tests/test_compile.py`` checks that a
 compiled model trains to the same losses as the eager one.
 """
@@ -29,8 +30,10 @@ def maybe_compile(model: nn.Module, enabled: bool, **options: Any) -> nn.Module:
     encoder = getattr(model, "encoder", None)
     blocks = getattr(encoder, "blocks", None)
     if blocks is None or len(blocks) == 0:
-        raise ValueError(f"train.compile needs a model with encoder.blocks (a MultiTaskModel); "
-                         f"got {type(model).__name__} without them")
+        raise ValueError(
+            f"train.compile needs a model with encoder.blocks (a MultiTaskModel); "
+            f"got {type(model).__name__} without them"
+        )
     import torch._functorch.config as functorch_config
 
     if hasattr(functorch_config, "donated_buffer"):

@@ -4,6 +4,7 @@ torch's SyncBatchNorm runs only on GPUs; `GlobalBatchNorm` does the same on any 
 differentiable all-reduce of the per-channel sums, so N processes with batch b normalise exactly
 as one process with batch N*b (what makes multi-process training equal single-process training).
 """
+
 from __future__ import annotations
 
 import torch
@@ -62,7 +63,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         channels = input.shape[1]
         total = stats[-1]
         mean = stats[:channels] / total
-        var = (stats[channels:2 * channels] / total - mean * mean).clamp_min(0.0)
+        var = (stats[channels : 2 * channels] / total - mean * mean).clamp_min(0.0)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -82,9 +83,11 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm of `module` by SyncBatchNorm (CUDA) or GlobalBatchNorm (else), in place."""
     for name, child in list(module.named_children()):
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(
-                child, (GlobalBatchNorm, nn.SyncBatchNorm)):
+            child, (GlobalBatchNorm, nn.SyncBatchNorm)
+        ):
             on_cuda = any(p.is_cuda for p in child.parameters()) or (
-                child.running_mean is not None and child.running_mean.is_cuda)
+                child.running_mean is not None and child.running_mean.is_cuda
+            )
             cls = nn.SyncBatchNorm if on_cuda else GlobalBatchNorm
             new = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
             new.load_state_dict(child.state_dict())

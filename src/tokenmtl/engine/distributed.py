@@ -4,11 +4,12 @@ and `GlobalBatchShards`, the sampler that gives each rank its share of a global 
 Launch with `torchrun --nproc_per_node N -m tokenmtl train ...`; torchrun's environment
 (RANK, WORLD_SIZE, MASTER_ADDR...) is read here. Backend: NCCL on CUDA, gloo on CPU.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as tdist
@@ -35,12 +36,12 @@ class DistContext:
     local_rank: int = 0
 
     @classmethod
-    def single(cls) -> "DistContext":
+    def single(cls) -> DistContext:
         """One process: no process group, every reduction a no-op."""
         return cls()
 
     @classmethod
-    def from_env(cls) -> "DistContext":
+    def from_env(cls) -> DistContext:
         """Join the process group torchrun describes; one process when WORLD_SIZE is unset or 1."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
@@ -120,7 +121,7 @@ class GlobalBatchShards(Sampler[list[int]]):
         order = torch.randperm(self.num_samples, generator=self.generator).tolist()
         width = self.batch_size * self.world_size
         for start in range(0, self.num_samples, width):
-            share = order[start + self.rank * self.batch_size: start + (self.rank + 1) * self.batch_size]
+            share = order[start + self.rank * self.batch_size : start + (self.rank + 1) * self.batch_size]
             if share:
                 yield share
 

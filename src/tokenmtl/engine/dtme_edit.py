@@ -20,20 +20,27 @@ def analyse_and_plan(model: nn.Module, loader: Any, loss_fn: Callable, dtme: Map
                      device: Any = None, out: Path | None = None, progress: bool = False,
                      reduce_sum: Callable | None = None, num_batches: int | None = None) -> tuple[Any, Any]:
     """Token-space conflict report and expansion plan of `model` on `loader` (settings: the `dtme`
-    config section); writes conflicts.json, plan.json and the two plots into `out` when given."""
+    config section); writes conflicts.json, plan.json and the two plots into `out` when given.
+
+    A model that already carries a DTME plan (a trained DTME run) is analysed as it is; its own plan
+    is returned and marked in conflicts.png, and no plan.json is written (nothing new is planned)."""
     from tokenmtl.dtme import analyze, make_plan
+    from tokenmtl.dtme.expand import plan_of
     from tokenmtl.report.dtme_plots import plot_conflicts, plot_spectra
 
     report = analyze(model, loader, loss_fn, device=device,
                      num_batches=dtme["num_batches"] if num_batches is None else num_batches,
                      r=float(dtme["r"]), energy_fraction=dtme["energy_fraction"], progress=progress,
                      reduce=reduce_sum)
-    plan = make_plan(report, ratio=float(dtme["ratio"]), strategy=dtme["strategy"], seed=int(dtme["seed"]),
-                     mode=dtme["mode"], num_tokens=int(dtme["num_tokens"]), modulator=dtme["modulator"])
+    existing = plan_of(model)
+    plan = existing if existing is not None else make_plan(
+        report, ratio=float(dtme["ratio"]), strategy=dtme["strategy"], seed=int(dtme["seed"]), mode=dtme["mode"],
+        num_tokens=int(dtme["num_tokens"]), modulator=dtme["modulator"])
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         report.to_json(out / "conflicts.json")
-        plan.save(out / "plan.json")
+        if existing is None:
+            plan.save(out / "plan.json")
         plot_conflicts(report, plan, out / "conflicts.png")
         plot_spectra(report, out / "spectra.png")
     return report, plan

@@ -8,12 +8,14 @@ Kinds are registered by name in `EDIT_KINDS` ("<module>:<class>", imported when 
 passed to `Trainer(edits=...)` runs without registration, but a checkpoint of it can only be
 restored once its kind is registered.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -39,9 +41,9 @@ class EditContext:
 
     model: nn.Module
     loss_fn: Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
-    analysis_loader: Callable[[], Any]     # built on demand: DTME's analysis batches
+    analysis_loader: Callable[[], Any]  # built on demand: DTME's analysis batches
     device: Any
-    out: Path | None                        # None: write no report files
+    out: Path | None  # None: write no report files
     is_main: bool = True
     progress: bool = False
     reduce_sum: Callable[[Any], None] | None = None
@@ -51,11 +53,11 @@ class ModelEdit:
     """One architecture edit of a run. Subclasses set `name` and implement apply/restore/record."""
 
     name: ClassVar[str] = ""
-    step: int = 0                  # global step before which the edit applies
+    step: int = 0  # global step before which the edit applies
     restarts_schedule: bool = False  # after the edit the LR schedule restarts for the full length
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], balancer: Any, earlier: list["ModelEdit"]) -> "ModelEdit | None":
+    def from_config(cls, cfg: Mapping[str, Any], balancer: Any, earlier: list[ModelEdit]) -> ModelEdit | None:
         """The edit this config asks for (None: none); `earlier` are the edits built before it."""
         raise NotImplementedError
 
@@ -115,8 +117,9 @@ def build_edits(cfg: Mapping[str, Any], balancer: Any) -> list[ModelEdit]:
     return edits
 
 
-def restore_edits(model: nn.Module, records: Mapping[str, Mapping[str, Any]],
-                  cfg: Mapping[str, Any] | None = None) -> list[tuple[str, EditResult]]:
+def restore_edits(
+    model: nn.Module, records: Mapping[str, Mapping[str, Any]], cfg: Mapping[str, Any] | None = None
+) -> list[tuple[str, EditResult]]:
     """Re-apply recorded edits, in their order, to a freshly built model."""
     return [(name, edit_kind(name).restore(model, record, cfg)) for name, record in records.items()]
 

@@ -1,13 +1,15 @@
 """Evaluation over a whole split: one meter per task, statistics summed before scores are taken."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from tokenmtl.models.multitask import MultiTaskModel
+from tokenmtl.progress import progress_bar
 
 
 def move_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -16,10 +18,15 @@ def move_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
 
 
 @torch.no_grad()
-def evaluate(model: MultiTaskModel, loader: DataLoader, task_specs: Mapping[str, Any],
-             device: torch.device | str = "cpu",
-             reduce: Callable[[torch.Tensor], None] | None = None,
-             progress: bool = False, desc: str = "eval") -> dict[str, dict[str, float]]:
+def evaluate(
+    model: MultiTaskModel,
+    loader: DataLoader,
+    task_specs: Mapping[str, Any],
+    device: torch.device | str = "cpu",
+    reduce: Callable[[torch.Tensor], None] | None = None,
+    progress: bool = False,
+    desc: str = "eval",
+) -> dict[str, dict[str, float]]:
     """Per-task metrics of `model` on every batch of `loader` (dataset-level, not batch means).
 
     `reduce` (an in-place SUM all-reduce) is applied to every meter's running sums first, so
@@ -30,7 +37,7 @@ def evaluate(model: MultiTaskModel, loader: DataLoader, task_specs: Mapping[str,
     model.eval()
     meters = {task: task_specs[task].make_meter() for task in model.tasks}
     try:
-        for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        for batch in progress_bar(loader, desc=desc, enabled=progress):
             batch = move_batch(batch, device)
             outputs = model(MultiTaskModel.inputs_from_batch(batch))
             for task, meter in meters.items():

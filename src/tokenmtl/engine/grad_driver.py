@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from tokenmtl.balancing.base import BalanceResult, Balancer, GradientBalancer, LossBalancer
+from tokenmtl.balancing.base import Balancer, BalanceResult, GradientBalancer, LossBalancer
 from tokenmtl.engine.task_gradients import MODES, TaskGradients, task_gradient_rows
 
 GRAD_MODES = MODES
@@ -131,8 +131,7 @@ class GradDriver:
         self.tasks: list[str] = list(model.tasks)
         if balancer.num_tasks != len(self.tasks):
             raise ValueError(
-                f"balancer was made for {balancer.num_tasks} tasks but the model has "
-                f"{len(self.tasks)}: {self.tasks}"
+                f"balancer was made for {balancer.num_tasks} tasks but the model has {len(self.tasks)}: {self.tasks}"
             )
         self._gradients = TaskGradients(grad_mode)
         self.grad_mode = grad_mode
@@ -197,9 +196,7 @@ class GradDriver:
 
     def _stack(self, losses: Mapping[str, Tensor]) -> Tensor:
         if set(losses) != set(self.tasks):
-            raise ValueError(
-                f"losses must have one entry per task {self.tasks}, got {sorted(losses)}"
-            )
+            raise ValueError(f"losses must have one entry per task {self.tasks}, got {sorted(losses)}")
         values = [losses[t] for t in self.tasks]
         for task, value in zip(self.tasks, values):
             if value.ndim != 0:
@@ -211,8 +208,9 @@ class GradDriver:
         return loss if self.grad_scaler is None else self.grad_scaler.scale(loss)
 
     def _result(self, mode: str, total: Tensor, weights: Tensor | None, skipped: bool = False) -> BackwardResult:
-        return BackwardResult(mode, total.detach(), None if weights is None else weights.detach(),
-                              tuple(self.tasks), skipped)
+        return BackwardResult(
+            mode, total.detach(), None if weights is None else weights.detach(), tuple(self.tasks), skipped
+        )
 
     def _loss_backward(self, stack: Tensor) -> BackwardResult:
         balancer = self.balancer
@@ -223,8 +221,9 @@ class GradDriver:
         total = balancer.weigh(stack)
         self._scaled(total).backward()
         if self.all_reduce is not None:  # without DDP: average every gradient before any clipping
-            self._reduce_grads(list(self.shared) + [p for t in self.tasks for p in self.task_params[t]]
-                               + self.balancer_params)
+            self._reduce_grads(
+                list(self.shared) + [p for t in self.tasks for p in self.task_params[t]] + self.balancer_params
+            )
         if balancer.max_norm > 0 and self.shared:
             self._clip_shared(balancer.max_norm)
         return self._result("single", total, balancer.weights)
@@ -249,7 +248,7 @@ class GradDriver:
         offset = 0
         for p in with_grad:
             n = p.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
             offset += n
 
     def _inputs(self) -> tuple[list[Tensor], list[tuple[int, int]]]:
@@ -270,13 +269,15 @@ class GradDriver:
         if not self._gradients.loops:
             grads = self._gradients(stack, inputs)
             matrix = torch.cat([g.reshape(num, -1) for g in grads[:num_shared]], dim=1) if num_shared else None
-            own = [torch.cat([grads[i][t].reshape(-1) for i in range(*spans[t])]) if spans[t][1] > spans[t][0]
-                   else None for t in range(num)]
+            own = [
+                torch.cat([grads[i][t].reshape(-1) for i in range(*spans[t])]) if spans[t][1] > spans[t][0] else None
+                for t in range(num)
+            ]
             return matrix, own
         # loop: write each task's row in place (no (T, *shape) stacks, one (T, P) matrix)
         matrix = self.shared[0].new_empty((num, sum(p.numel() for p in self.shared))) if num_shared else None
         own: list[Tensor | None] = []
-        rows = task_gradient_rows(stack, lambda t: self.shared + inputs[spans[t][0]:spans[t][1]])
+        rows = task_gradient_rows(stack, lambda t: self.shared + inputs[spans[t][0] : spans[t][1]])
         for t, grads in enumerate(rows):
             if matrix is not None:
                 torch.cat([g.reshape(-1) for g in grads[:num_shared]], out=matrix[t])
@@ -347,7 +348,11 @@ class GradDriver:
         return grad if scale == 1.0 else grad * scale
 
     def _skip(
-        self, values: Tensor, matrix: Tensor | None, own: list[Tensor | None], inputs: list[Tensor],
+        self,
+        values: Tensor,
+        matrix: Tensor | None,
+        own: list[Tensor | None],
+        inputs: list[Tensor],
         spans: list[tuple[int, int]],
     ) -> BackwardResult:
         """Non-finite scaled gradients: no aggregation, no balancer state update; the non-finite

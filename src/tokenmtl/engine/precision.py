@@ -32,14 +32,16 @@ class Precision:
     scaler: torch.amp.GradScaler | None = None
 
     @classmethod
-    def create(cls, name: str, device: torch.device | str) -> "Precision":
+    def create(cls, name: str, device: torch.device | str) -> Precision:
         """The precision called ``name`` ("fp32", "bf16" or "fp16") on ``device``."""
         if name not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
         device = torch.device(device)
         if name == "fp16" and device.type != "cuda":
-            raise ValueError(f"train.precision=fp16 needs a CUDA device (loss scaling with a GradScaler); "
-                             f"this run's device is {device.type!r}: use bf16 or fp32")
+            raise ValueError(
+                f"train.precision=fp16 needs a CUDA device (loss scaling with a GradScaler); "
+                f"this run's device is {device.type!r}: use bf16 or fp32"
+            )
         if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError("train.precision=bf16 is not supported by this GPU; use fp16 or fp32")
         scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
@@ -56,8 +58,9 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
-    def step(self, optimizer: torch.optim.Optimizer, clip_params: Iterable[nn.Parameter] = (),
-             max_norm: float = 0.0) -> bool:
+    def step(
+        self, optimizer: torch.optim.Optimizer, clip_params: Iterable[nn.Parameter] = (), max_norm: float = 0.0
+    ) -> bool:
         """Clip the gradients of ``clip_params`` to ``max_norm`` (0: no clipping), then step.
 
         With a scaler the gradients are unscaled first, the step is skipped when they are

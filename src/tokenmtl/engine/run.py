@@ -3,11 +3,13 @@
 Training, `tokenmtl evaluate` and `tokenmtl analyze` all start here; the training split is only
 built by those that train on it or analyse it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -39,7 +41,8 @@ def loss_weights_for(cfg: Mapping[str, Any], tasks: list[str]) -> dict[str, floa
         if table is None:
             raise TrainingError(
                 f"no InvPT loss weights for benchmark {cfg['benchmark']['name']!r}; "
-                f"they exist for {', '.join(INVPT_LOSS_WEIGHTS)}; use loss_weights.scheme=ones")
+                f"they exist for {', '.join(INVPT_LOSS_WEIGHTS)}; use loss_weights.scheme=ones"
+            )
         weights.update({t: float(table[t]) for t in tasks if t in table})
     for task, value in (section.get("weights") or {}).items():
         if task not in weights:
@@ -48,8 +51,12 @@ def loss_weights_for(cfg: Mapping[str, Any], tasks: list[str]) -> dict[str, floa
     return weights
 
 
-def task_losses(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
-                specs: Mapping[str, Any], weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+def task_losses(
+    outputs: Mapping[str, torch.Tensor],
+    batch: Mapping[str, Any],
+    specs: Mapping[str, Any],
+    weights: Mapping[str, float],
+) -> dict[str, torch.Tensor]:
     """Weighted loss of every task on one batch."""
     return {t: spec.loss(outputs[t], batch[t]) * weights[t] for t, spec in specs.items()}
 
@@ -83,7 +90,7 @@ class Run:
     collate: Any = None
     train_set: Any = None
     records: dict[str, dict[str, Any]] = field(default_factory=dict)  # edits applied to `model`
-    edit_types: dict[str, type] = field(default_factory=dict)         # their classes, by name
+    edit_types: dict[str, type] = field(default_factory=dict)  # their classes, by name
 
     def loss_fn(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Weighted task losses of the run on one batch."""
@@ -96,13 +103,25 @@ class Run:
     def train_loader(self, step: int) -> DataLoader:
         """Augmented training batches from global `step` on (each rank its share of the global batch)."""
         train = self.cfg.train
-        sampler = StepBatchSampler(len(self.train_set), train.batch_size, train.seed, start_step=step,
-                                   rank=self.dist.rank, world_size=self.dist.world_size)
+        sampler = StepBatchSampler(
+            len(self.train_set),
+            train.batch_size,
+            train.seed,
+            start_step=step,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
         # A private generator: creating the iterator must not draw from the global RNG, or a
         # resumed run would diverge from an uninterrupted one (PCGrad's task order, dropout...).
         generator = torch.Generator().manual_seed(train.seed + step)
-        return DataLoader(SeededDataset(self.train_set), batch_sampler=sampler, num_workers=self.workers,
-                          generator=generator, pin_memory=self.device.type == "cuda", collate_fn=self.collate)
+        return DataLoader(
+            SeededDataset(self.train_set),
+            batch_sampler=sampler,
+            num_workers=self.workers,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+            collate_fn=self.collate,
+        )
 
     def analysis_loader(self) -> DataLoader:
         """Train split without augmentation, in a seeded shuffled order (dtme.num_batches limits it).
@@ -111,8 +130,13 @@ class Run:
         the all-reduced analysis is the same for any number of processes.
         """
         dataset = self.benchmark.dataset("train", train=False, tasks=self.tasks)
-        sampler = GlobalBatchShards(len(dataset), self.cfg.train.batch_size, self.cfg.dtme.seed,
-                                    rank=self.dist.rank, world_size=self.dist.world_size)
+        sampler = GlobalBatchShards(
+            len(dataset),
+            self.cfg.train.batch_size,
+            self.cfg.dtme.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
         return DataLoader(dataset, batch_sampler=sampler, num_workers=self.workers, collate_fn=self.collate)
 
     def eval_loader(self, split: str) -> DataLoader:
@@ -120,8 +144,14 @@ class Run:
         dataset = self.benchmark.dataset(split, train=False, tasks=self.tasks)
         if self.dist.world_size > 1:
             dataset = torch.utils.data.Subset(dataset, list(range(self.dist.rank, len(dataset), self.dist.world_size)))
-        return DataLoader(dataset, batch_size=self.cfg.eval.batch_size, shuffle=False, num_workers=self.workers,
-                          generator=torch.Generator(), collate_fn=self.collate)
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.eval.batch_size,
+            shuffle=False,
+            num_workers=self.workers,
+            generator=torch.Generator(),
+            collate_fn=self.collate,
+        )
 
     def restore_edits(self, state: Mapping[str, Any]) -> list[tuple[str, Any]]:
         """Re-apply the edits a checkpoint carries to the (unedited) model; returns (name, EditResult)."""
@@ -137,8 +167,10 @@ class Run:
         from tokenmtl.engine.edits import EDIT_KINDS
 
         names = list(EDIT_KINDS) + [n for n in self.records if n not in EDIT_KINDS]
-        return {f"added_by_{name}": int(self.edit_types[name].added_count(self.model)) if name in self.records else 0
-                for name in names}
+        return {
+            f"added_by_{name}": int(self.edit_types[name].added_count(self.model)) if name in self.records else 0
+            for name in names
+        }
 
 
 def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
@@ -153,8 +185,9 @@ def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) ->
         raise CheckpointError(f"checkpoint does not fit this model: {details[0][:300]}{more}") from None
 
 
-def build_run(cfg: Mapping[str, Any], need_train: bool = False, dist: DistContext | None = None,
-              progress: bool = False) -> Run:
+def build_run(
+    cfg: Mapping[str, Any], need_train: bool = False, dist: DistContext | None = None, progress: bool = False
+) -> Run:
     """Seed, then build benchmark, tasks, specs, loss weights, (the train split,) and the model."""
     cfg = cfg if isinstance(cfg, Config) else load_config(cfg)
     dist = dist or DistContext.single()
@@ -170,8 +203,18 @@ def build_run(cfg: Mapping[str, Any], need_train: bool = False, dist: DistContex
             raise TrainingError("the training split is empty: nothing to train on")
     device = resolve_device(cfg.train.device)
     model = build_model(cfg.model, specs).to(device)
-    return Run(cfg=cfg, benchmark=benchmark, tasks=tasks, specs=specs, loss_weights=weights, model=model,
-               device=device, dist=dist, collate=_collate_for(cfg.model), train_set=train_set)
+    return Run(
+        cfg=cfg,
+        benchmark=benchmark,
+        tasks=tasks,
+        specs=specs,
+        loss_weights=weights,
+        model=model,
+        device=device,
+        dist=dist,
+        collate=_collate_for(cfg.model),
+        train_set=train_set,
+    )
 
 
 def run_config(folder: str | Path, overrides: list[str] | None = None) -> tuple[Path, dict[str, Any], Config]:
@@ -181,8 +224,9 @@ def run_config(folder: str | Path, overrides: list[str] | None = None) -> tuple[
     folder = Path(folder)
     found = latest_good_checkpoint(folder / "checkpoints")
     if found is None:
-        raise CheckpointError(f"no good checkpoint in {str(folder / 'checkpoints')!r}: "
-                              f"is {str(folder)!r} a run folder?")
+        raise CheckpointError(
+            f"no good checkpoint in {str(folder / 'checkpoints')!r}: is {str(folder)!r} a run folder?"
+        )
     path, state = found
     return path, state, stored_config(state, folder, overrides)
 
@@ -195,6 +239,8 @@ def stored_config(state: Mapping[str, Any], folder: Path | None = None, override
     if not data and folder is not None and (folder / "config.yaml").is_file():
         data = read_config_file(folder / "config.yaml")
     if not data:
-        raise TrainingError("this checkpoint carries no config and its folder has no config.yaml; "
-                            "pass the config: tokenmtl evaluate CONFIG --checkpoint PATH")
+        raise TrainingError(
+            "this checkpoint carries no config and its folder has no config.yaml; "
+            "pass the config: tokenmtl evaluate CONFIG --checkpoint PATH"
+        )
     return load_config(data, overrides=overrides)

@@ -1,9 +1,10 @@
 """Run logs: a CSV of every logged scalar and TensorBoard event files (rank 0 only)."""
+
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 
 class RunLogger:

@@ -1,9 +1,10 @@
 """Step-indexed sampling: batch s of a run is a pure function of (seed, s), whatever the resume
 point, worker count or number of processes. Rank r of W takes its slice of the global batch, so
 W processes see exactly the samples one process with the same global batch would see."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -22,8 +23,9 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     [s*G + r*b, s*G + (r+1)*b). The sample seed (from the stream position) drives augmentation.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, start_step: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
         if num_samples <= 0:
             raise ValueError("the training split is empty: no samples to draw batches from")
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed

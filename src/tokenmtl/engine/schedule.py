@@ -1,10 +1,12 @@
 """Learning-rate schedules stepped per iteration (the InvPT/DTME polynomial schedule by default),
 and a run's schedule around a model edit (DTME's expansion, Recon's branching)."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 
 def lr_factor(kind: str, total: int, power: float = 0.9, warmup: int = 0) -> Callable[[int], float]:
@@ -42,7 +44,7 @@ class Schedule:
     post_iterations: int
 
     @classmethod
-    def from_edits(cls, iterations: int, edits: Sequence[Any]) -> "Schedule":
+    def from_edits(cls, iterations: int, edits: Sequence[Any]) -> Schedule:
         """All edits apply at one step; one that restarts the schedule (DTME `post_iterations: full`,
         the paper's protocol) runs the whole schedule again after it, else the rest of it."""
         if not edits:

@@ -1,4 +1,5 @@
 """Deterministic seeding and RNG state capture, so a resumed run continues bit-for-bit."""
+
 from __future__ import annotations
 
 import random

@@ -48,8 +48,9 @@ def task_gradient_rows(
         if grad_outputs is None:
             grads = torch.autograd.grad(outputs[t], wanted, retain_graph=keep, allow_unused=True)
         else:
-            grads = torch.autograd.grad(outputs, wanted, grad_outputs=grad_outputs[t], retain_graph=keep,
-                                        allow_unused=True)
+            grads = torch.autograd.grad(
+                outputs, wanted, grad_outputs=grad_outputs[t], retain_graph=keep, allow_unused=True
+            )
         yield [torch.zeros_like(x) if g is None else g for g, x in zip(grads, wanted)]
 
 
@@ -68,10 +69,17 @@ def batched_task_gradients(
     num = _num_rows(outputs, grad_outputs)
     if grad_outputs is None:
         grad_outputs = torch.eye(num, dtype=outputs.dtype, device=outputs.device)
-    grads = torch.autograd.grad(outputs, list(inputs), grad_outputs=grad_outputs, retain_graph=retain_graph,
-                                allow_unused=True, is_grads_batched=True)
-    return [torch.zeros((num, *x.shape), dtype=x.dtype, device=x.device) if g is None else g
-            for g, x in zip(grads, inputs)]
+    grads = torch.autograd.grad(
+        outputs,
+        list(inputs),
+        grad_outputs=grad_outputs,
+        retain_graph=retain_graph,
+        allow_unused=True,
+        is_grads_batched=True,
+    )
+    return [
+        torch.zeros((num, *x.shape), dtype=x.dtype, device=x.device) if g is None else g for g, x in zip(grads, inputs)
+    ]
 
 
 class TaskGradients:
@@ -94,7 +102,11 @@ class TaskGradients:
         return self.mode == "loop" or (self.mode == "auto" and self._batched_failed)
 
     def __call__(
-        self, outputs: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor | None = None, *,
+        self,
+        outputs: Tensor,
+        inputs: Sequence[Tensor],
+        grad_outputs: Tensor | None = None,
+        *,
         retain_graph: bool = False,
     ) -> list[Tensor]:
         """(T, *x.shape) gradient for every input x."""

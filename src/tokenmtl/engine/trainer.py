@@ -4,19 +4,20 @@ resume to the same result, model edits (`engine.edits`) at their step, any balan
 The loop knows no method by name: balancers come from `tokenmtl.balancing`, architecture edits
 (DTME, Recon) from `engine.edits`, per-step extras from `engine.callbacks`.
 """
+
 from __future__ import annotations
 
 import json
 import signal
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from tokenmtl import balancing
 from tokenmtl.config import Config, dump_config, load_config
@@ -34,10 +35,21 @@ from tokenmtl.engine.run import build_run, count_parameters, load_weights, loss_
 from tokenmtl.engine.run_log import RunLogger
 from tokenmtl.engine.schedule import Schedule, lr_factor
 from tokenmtl.engine.seeding import rng_state, set_rng_state
+from tokenmtl.fileio import atomic_write_text
 from tokenmtl.models.multitask import MultiTaskModel
+from tokenmtl.progress import progress_bar, progress_write
 
-__all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "Schedule", "train", "task_losses",
-           "loss_weights_for", "resolve_device", "count_parameters"]
+__all__ = [
+    "Trainer",
+    "TrainingError",
+    "TrainingInterrupted",
+    "Schedule",
+    "train",
+    "task_losses",
+    "loss_weights_for",
+    "resolve_device",
+    "count_parameters",
+]
 
 
 @contextmanager
@@ -78,9 +90,16 @@ class Trainer:
     (`engine.edits.ModelEdit`s) apply after those the config asks for, at the same step.
     """
 
-    def __init__(self, cfg: Mapping[str, Any], out_dir: str | Path, resume: bool = False,
-                 progress: bool | None = None, dist: DistContext | None = None,
-                 callbacks: Sequence[Callback] = (), edits: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        cfg: Mapping[str, Any],
+        out_dir: str | Path,
+        resume: bool = False,
+        progress: bool | None = None,
+        dist: DistContext | None = None,
+        callbacks: Sequence[Callback] = (),
+        edits: Sequence[Any] = (),
+    ) -> None:
         self.cfg: Config = cfg if isinstance(cfg, Config) else load_config(cfg)
         self.out = Path(out_dir)
         self.dist = dist or DistContext.single()
@@ -129,8 +148,12 @@ class Trainer:
     def _make_driver(self) -> None:
         """(Re)build the gradient driver for the current parameters; edits watch it."""
         extra = {"grad_scaler": self.precision.scaler} if self.precision.scaler is not None else {}
-        self.driver = GradDriver(self.model, self.balancer, **extra,
-                                 all_reduce=self.dist.all_reduce_mean if self.dist.world_size > 1 else None)
+        self.driver = GradDriver(
+            self.model,
+            self.balancer,
+            **extra,
+            all_reduce=self.dist.all_reduce_mean if self.dist.world_size > 1 else None,
+        )
         for edit in self.edits:
             edit.watch(self.model, self.driver)
 
@@ -166,9 +189,16 @@ class Trainer:
     def apply_edits(self, step: int, logger: RunLogger | None) -> None:
         """Apply every edit of the run (they share one step), logging what each changed."""
         run = self.run_state
-        ctx = EditContext(model=self.model, loss_fn=run.loss_fn, analysis_loader=run.analysis_loader,
-                          device=self.device, out=self.out, is_main=self.dist.is_main, progress=self.progress,
-                          reduce_sum=self.dist.all_reduce_sum if self.dist.world_size > 1 else None)
+        ctx = EditContext(
+            model=self.model,
+            loss_fn=run.loss_fn,
+            analysis_loader=run.analysis_loader,
+            device=self.device,
+            out=self.out,
+            is_main=self.dist.is_main,
+            progress=self.progress,
+            reduce_sum=self.dist.all_reduce_sum if self.dist.world_size > 1 else None,
+        )
         for edit in self.edits:
             result = edit.apply(ctx)
             run.records[edit.name] = edit.record()
@@ -211,8 +241,9 @@ class Trainer:
             return 0
         path, state = found
         if state.get("tasks") != self.tasks:
-            raise CheckpointError(f"checkpoint {str(path)!r} was trained on tasks {state.get('tasks')}, "
-                                  f"this run has {self.tasks}")
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} was trained on tasks {state.get('tasks')}, this run has {self.tasks}"
+            )
         self.load_model_state(state)
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("balancer") and hasattr(self.balancer, "load_state_dict"):
@@ -236,12 +267,14 @@ class Trainer:
                 raise TrainingError(
                     f"the loss of task {task!r} became {value} at iteration {step}; the run stopped. "
                     f"The last good checkpoint in {str(self.ckpt_dir)!r} is kept; lower train.lr or "
-                    f"check the data of this task")
+                    f"check the data of this task"
+                )
         self.optimizer.zero_grad(set_to_none=True)
         backward = self.driver.backward(losses)  # scales the losses itself when fp16 has a grad scaler
         clip = self.cfg.train.grad_clip
-        self.precision.step(self.optimizer, [p for p in self.model.parameters() if p.requires_grad],
-                            float(clip) if clip else 0.0)
+        self.precision.step(
+            self.optimizer, [p for p in self.model.parameters() if p.requires_grad], float(clip) if clip else 0.0
+        )
         self.last_event = StepEvent(step, batch, inputs, dict(zip(self.tasks, values)), backward)
         for callback in self.callbacks:
             callback.on_step_end(self.last_event, self.run_state, self.driver)
@@ -256,23 +289,32 @@ class Trainer:
                 raise TrainingError(f"--out {str(self.out)!r} is a file; give a folder for the run")
             self.out.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.out / "config.yaml")
-        logger = RunLogger(self.out, tensorboard=cfg.log.tensorboard, resume_step=step if self.resume else None) \
-            if self.dist.is_main else None
+        logger = (
+            RunLogger(self.out, tensorboard=cfg.log.tensorboard, resume_step=step if self.resume else None)
+            if self.dist.is_main
+            else None
+        )
         total = self.schedule.total
         train_seconds = 0.0
         loader_iter = iter(self.train_loader(step))
-        bar = tqdm(total=total, initial=step, desc="train", disable=not self.progress, dynamic_ncols=True)
+        bar = progress_bar(
+            total=total, initial=step, desc="train", enabled=self.progress, dynamic_ncols=True, leave=True
+        )
         stop: dict[str, int | None] = {"signal": None}
         with _stop_signals(stop):
             try:
                 while step < total:
                     if self.dist.any(stop["signal"] is not None):  # every rank stops at the same step
                         self.save(step)
-                        name = signal.Signals(stop["signal"]).name if stop["signal"] is not None \
+                        name = (
+                            signal.Signals(stop["signal"]).name
+                            if stop["signal"] is not None
                             else "a signal to another rank"
+                        )
                         raise TrainingInterrupted(
                             f"stopped by {name} at iteration {step}; a checkpoint "
-                            f"was saved in {str(self.ckpt_dir)!r}: continue with --resume")
+                            f"was saved in {str(self.ckpt_dir)!r}: continue with --resume"
+                        )
                     if self.schedule.expand_step == step and not self.run_state.records:
                         self.apply_edits(step, logger)
                         loader_iter = iter(self.train_loader(step))
@@ -285,14 +327,16 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix({t[:6]: f"{v:.3f}" for t, v in values.items()})
                     if logger is not None:
-                        extra = {k: v for c in self.callbacks
-                                 for k, v in c.scalars(self.last_event, self.run_state).items()}
+                        extra = {
+                            k: v for c in self.callbacks for k, v in c.scalars(self.last_event, self.run_state).items()
+                        }
                         logger.log(step, "train", {**{f"loss/{t}": v for t, v in values.items()}, "lr": lr, **extra})
                     if step % cfg.train.eval_every == 0 or step == total:
                         metrics = self.evaluate_split(cfg.eval.split)
                         if logger is not None:
-                            logger.log(step, cfg.eval.split,
-                                       {f"{t}/{k}": v for t, m in metrics.items() for k, v in m.items()})
+                            logger.log(
+                                step, cfg.eval.split, {f"{t}/{k}": v for t, m in metrics.items() for k, v in m.items()}
+                            )
                     if step % cfg.train.checkpoint_every == 0 or step == total:
                         self.save(step)
             finally:
@@ -301,30 +345,44 @@ class Trainer:
                     logger.close()
         tick = time.perf_counter()
         metrics = self.evaluate_split(cfg.eval.final_split)
-        timing = {"train_seconds": train_seconds,
-                  **{f"{name}_seconds": self.edit_seconds.get(name, 0.0) for name in EDIT_KINDS},
-                  "final_eval_seconds": time.perf_counter() - tick, "iterations": total}
+        timing = {
+            "train_seconds": train_seconds,
+            **{f"{name}_seconds": self.edit_seconds.get(name, 0.0) for name in EDIT_KINDS},
+            "final_eval_seconds": time.perf_counter() - tick,
+            "iterations": total,
+        }
         results = self.results(metrics, cfg.eval.final_split, timing)
         bad = getattr(self.train_set, "bad_samples", None)
         if bad is not None and bad.count:
             results["bad_samples"] = {"train": bad.count}
             if self.dist.is_main:
-                tqdm.write(bad.summary())
+                progress_write(bad.summary())
         if self.dist.is_main:
-            (self.out / "results.json").write_text(json.dumps(results, indent=1))
+            atomic_write_text(self.out / "results.json", json.dumps(results, indent=1))
         return results
 
     def evaluate_split(self, split: str) -> dict[str, dict[str, float]]:
-        return evaluate(self.model, self.eval_loader(split), self.specs, self.device,
-                        reduce=self.dist.all_reduce_sum if self.dist.world_size > 1 else None,
-                        progress=self.progress, desc=f"eval {split}")
+        return evaluate(
+            self.model,
+            self.eval_loader(split),
+            self.specs,
+            self.device,
+            reduce=self.dist.all_reduce_sum if self.dist.world_size > 1 else None,
+            progress=self.progress,
+            desc=f"eval {split}",
+        )
 
     def results(self, metrics: dict[str, dict[str, float]], split: str, timing: dict[str, Any]) -> dict[str, Any]:
         """results.json of this run (`engine.results.build_results`)."""
         return build_results(self.run_state, metrics, split, timing, self.schedule.expand_step)
 
 
-def train(cfg: Mapping[str, Any], out_dir: str | Path, resume: bool = False, progress: bool | None = None,
-          callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+def train(
+    cfg: Mapping[str, Any],
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
     """Train one run described by a config (a `Config` or a mapping); returns results.json's content."""
     return Trainer(cfg, out_dir, resume=resume, progress=progress, callbacks=callbacks).run()

@@ -35,17 +35,22 @@ class ClassificationMeter(Meter):
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add the batch's (target, argmax prediction) pairs, skipping ignored targets."""
         if pred.dim() != 2 or pred.shape[1] != self.num_classes:
-            raise ValueError(f"ClassificationMeter: pred must be (B, {self.num_classes}) logits, "
-                             f"got shape {tuple(pred.shape)}")
+            raise ValueError(
+                f"ClassificationMeter: pred must be (B, {self.num_classes}) logits, got shape {tuple(pred.shape)}"
+            )
         labels = target.reshape(-1).long().to(pred.device)
         if labels.shape[0] != pred.shape[0]:
-            raise ValueError(f"ClassificationMeter: pred {tuple(pred.shape)} and target "
-                             f"{tuple(target.shape)} must have the same batch size")
+            raise ValueError(
+                f"ClassificationMeter: pred {tuple(pred.shape)} and target "
+                f"{tuple(target.shape)} must have the same batch size"
+            )
         valid = labels != self.ignore_index
         labels, guess = labels[valid], pred.argmax(dim=1)[valid]
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(f"ClassificationMeter: labels must be in [0, {self.num_classes}) or "
-                             f"{self.ignore_index} (ignore), got {sorted(set(labels.tolist()))[:5]}")
+            raise ValueError(
+                f"ClassificationMeter: labels must be in [0, {self.num_classes}) or "
+                f"{self.ignore_index} (ignore), got {sorted(set(labels.tolist()))[:5]}"
+            )
         n = self.num_classes
         counts = torch.bincount(labels * n + guess, minlength=n * n).view(n, n)
         self._add("confusion", counts)

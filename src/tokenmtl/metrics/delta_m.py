@@ -1,4 +1,4 @@
-"""Multi-task performance relative to single-task references, in percent (METHOD.md section 4).
+"""Multi-task performance relative to single-task references, in percent (README, "Δm").
 
 - ``delta_m`` (Maninis et al., as the DTME paper and the ATRC code compute it): one primary
   metric per task, ``100/T * sum_t (-1)^{l_t} (M_t - M_ST,t) / M_ST,t`` with l_t = 1 when lower
@@ -23,8 +23,7 @@ def _metric(results: Results, which: str, task: str, metric: str) -> float:
         raise KeyError(f"{which} results have no task {task!r}; tasks present: {sorted(results)}")
     if metric not in results[task]:
         raise KeyError(
-            f"{which} results for task {task!r} have no metric {metric!r}; "
-            f"metrics present: {sorted(results[task])}"
+            f"{which} results for task {task!r} have no metric {metric!r}; metrics present: {sorted(results[task])}"
         )
     return float(results[task][metric])
 
@@ -32,9 +31,7 @@ def _metric(results: Results, which: str, task: str, metric: str) -> float:
 def _relative_change(value: float, reference: float, lower_is_better: bool, name: str) -> float:
     """``(-1)^l (value - reference) / reference``: positive when ``value`` is better."""
     if reference == 0:
-        raise ZeroDivisionError(
-            f"single-task reference of {name} is 0: delta-m divides by it; use a non-zero metric"
-        )
+        raise ZeroDivisionError(f"single-task reference of {name} is 0: delta-m divides by it; use a non-zero metric")
     change = (value - reference) / reference
     return -change if lower_is_better else change
 

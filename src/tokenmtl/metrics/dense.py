@@ -1,4 +1,4 @@
-"""Dense-prediction meters with the InvPT / ATRC conventions (anchors 4.4).
+"""Dense-prediction meters with the InvPT / ATRC conventions (their metric definitions).
 
 Every meter keeps dataset-level running sums only (confusion counts, squared-error sums, pixel
 counts, per-threshold counts), so a split's score is computed once over all its pixels, and
@@ -59,7 +59,7 @@ class Meter(ABC):
         """The running-sum tensors themselves (float64/int64): all-reduce them in place (SUM)."""
         return self._state
 
-    def to(self, device: torch.device | str) -> "Meter":
+    def to(self, device: torch.device | str) -> Meter:
         """Move the running sums to ``device``; later updates accumulate there."""
         self._device = torch.device(device)
         self._state = {k: v.to(self._device) for k, v in self._state.items()}
@@ -79,8 +79,7 @@ def _check_batch(pred: Tensor, target: Tensor, meter: str, channels: int | None 
         raise ValueError(f"{meter}: pred must have {channels} channels, got {pred.shape[1]}")
     if target.shape[0] != pred.shape[0] or target.shape[-2:] != pred.shape[-2:]:
         raise ValueError(
-            f"{meter}: pred {tuple(pred.shape)} and target {tuple(target.shape)} must share "
-            "batch size and (H, W)"
+            f"{meter}: pred {tuple(pred.shape)} and target {tuple(target.shape)} must share batch size and (H, W)"
         )
 
 
@@ -305,10 +304,7 @@ class SaliencyMeter(Meter):
         elif pred.shape[1] == 1:
             prob = pred.float().sigmoid()[:, 0]
         else:
-            raise ValueError(
-                f"SaliencyMeter: pred needs 1 (logit) or 2 (class scores) channels, "
-                f"got {pred.shape[1]}"
-            )
+            raise ValueError(f"SaliencyMeter: pred needs 1 (logit) or 2 (class scores) channels, got {pred.shape[1]}")
         return prob.sigmoid() if self.invpt_quirk else prob
 
     @torch.no_grad()
@@ -350,9 +346,7 @@ class RegressionMeter(Meter):
 
     def __init__(self, metric: str = "l1", ignore_value: float | None = IGNORE_INDEX) -> None:
         if metric not in self.METRICS:
-            raise ValueError(
-                f"RegressionMeter: metric must be one of {self.METRICS}, got {metric!r}"
-            )
+            raise ValueError(f"RegressionMeter: metric must be one of {self.METRICS}, got {metric!r}")
         self.metric = metric
         self.ignore_value = ignore_value
         super().__init__()
@@ -370,8 +364,7 @@ class RegressionMeter(Meter):
         _check_batch(pred, target, "RegressionMeter")
         if pred.shape != target.shape:
             raise ValueError(
-                f"RegressionMeter: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
-                "must have the same shape"
+                f"RegressionMeter: pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape"
             )
         gt = target.double()
         if self.ignore_value is None:

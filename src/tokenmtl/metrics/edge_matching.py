@@ -27,9 +27,7 @@ from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 __all__ = ["GrowingMatching", "pairs_within"]
 
 
-def pairs_within(
-    points: np.ndarray, id_map: np.ndarray, radius_sq: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def pairs_within(points: np.ndarray, id_map: np.ndarray, radius_sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """All (point, id) pairs at Euclidean distance <= the image's radius.
 
     ``points`` (N, 3) holds (image, y, x), usually the few ground-truth pixels; ``id_map``
@@ -72,7 +70,11 @@ class GrowingMatching:
     """
 
     def __init__(
-        self, indptr: np.ndarray, cols: np.ndarray, num_cols: int, nested: bool,
+        self,
+        indptr: np.ndarray,
+        cols: np.ndarray,
+        num_cols: int,
+        nested: bool,
         tree_rounds: int = 4,
     ) -> None:
         self.indptr = np.asarray(indptr, dtype=np.int64)
@@ -239,14 +241,22 @@ class GrowingMatching:
         keep = (local_col[col] >= 0) & (col != self.row_mate[rows[owner]])
         edge_row, edge_col = owner[keep], local_col[col[keep]]
         matched = self.col_mate[cols] >= 0
-        tails = np.concatenate([
-            np.full(len(sources), source), edge_row, n_r + np.flatnonzero(matched),
-            n_r + np.flatnonzero(~matched),
-        ])
-        heads = np.concatenate([
-            local_row[sources], n_r + edge_col, local_row[self.col_mate[cols[matched]]],
-            np.full(int((~matched).sum()), sink),
-        ])
+        tails = np.concatenate(
+            [
+                np.full(len(sources), source),
+                edge_row,
+                n_r + np.flatnonzero(matched),
+                n_r + np.flatnonzero(~matched),
+            ]
+        )
+        heads = np.concatenate(
+            [
+                local_row[sources],
+                n_r + edge_col,
+                local_row[self.col_mate[cols[matched]]],
+                np.full(int((~matched).sum()), sink),
+            ]
+        )
         size = n_r + n_c + 2
         network = csr_array(
             (np.ones(len(tails), np.int32), (tails.astype(np.int32), heads.astype(np.int32))),

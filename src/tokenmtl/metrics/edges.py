@@ -91,9 +91,7 @@ def _in_image_zero(points: np.ndarray) -> np.ndarray:
     return np.concatenate([np.zeros((len(points), 1), np.int64), points], axis=1)
 
 
-def match_count(
-    pred_points: np.ndarray, gt_points: np.ndarray, max_distance: float
-) -> int:
+def match_count(pred_points: np.ndarray, gt_points: np.ndarray, max_distance: float) -> int:
     """Size of a maximum one-to-one matching between two point sets within ``max_distance``.
 
     Points are (N, 2) integer pixel coordinates; pairs at distance <= max_distance may match.
@@ -118,9 +116,7 @@ class _PairGraph:
     ``candidates`` maps the matching's rows back to candidate indices.
     """
 
-    def __init__(
-        self, rows: np.ndarray, cols: np.ndarray, num_candidates: int, num_gt: int, nested: bool
-    ) -> None:
+    def __init__(self, rows: np.ndarray, cols: np.ndarray, num_candidates: int, num_gt: int, nested: bool) -> None:
         order = np.argsort(rows, kind="stable")
         rows, cols = rows[order], cols[order]
         self.candidates, local = np.unique(rows, return_inverse=True)
@@ -131,9 +127,7 @@ class _PairGraph:
         self.matching = GrowingMatching(indptr, cols, num_gt, nested=nested)
 
 
-def _matched_nested(
-    levels: np.ndarray, image_of: np.ndarray, graph: _PairGraph, num_t: int, batch: int
-) -> np.ndarray:
+def _matched_nested(levels: np.ndarray, image_of: np.ndarray, graph: _PairGraph, num_t: int, batch: int) -> np.ndarray:
     """(T, B) maximum matching sizes when the map at threshold k is {candidates: level > k}.
 
     Thresholds are visited from high to low, adding each level's candidates to one growing
@@ -156,13 +150,11 @@ def _matched_nested(
     return matched
 
 
-def _count_by_level(
-    image_of: np.ndarray, levels: np.ndarray, batch: int, num_thresholds: int
-) -> np.ndarray:
+def _count_by_level(image_of: np.ndarray, levels: np.ndarray, batch: int, num_thresholds: int) -> np.ndarray:
     """(T, B) counts of pixels with level > k per image: the pixels present at threshold k."""
-    hist = np.bincount(
-        levels * batch + image_of, minlength=(num_thresholds + 1) * batch
-    ).reshape(num_thresholds + 1, batch)
+    hist = np.bincount(levels * batch + image_of, minlength=(num_thresholds + 1) * batch).reshape(
+        num_thresholds + 1, batch
+    )
     return hist[::-1].cumsum(axis=0)[::-1][1:]
 
 
@@ -193,17 +185,13 @@ class EdgeMeter(Meter):
         max_pairs_per_call: int = 4_000_000,
     ) -> None:
         if not 0.0 <= tolerance < 1.0:
-            raise ValueError(
-                f"EdgeMeter: tolerance is a fraction of the diagonal in [0, 1), got {tolerance}"
-            )
+            raise ValueError(f"EdgeMeter: tolerance is a fraction of the diagonal in [0, 1), got {tolerance}")
         if isinstance(thresholds, int):
             values = default_thresholds(thresholds)
         else:
             values = np.asarray(sorted(float(t) for t in thresholds), dtype=np.float64)
             if values.size == 0 or values[0] <= 0.0 or values[-1] > 1.0:
-                raise ValueError(
-                    f"EdgeMeter: thresholds must be a count or values in (0, 1], got {thresholds}"
-                )
+                raise ValueError(f"EdgeMeter: thresholds must be a count or values in (0, 1], got {thresholds}")
         self.tolerance = tolerance
         self.thresholds = values
         self.thin = thin
@@ -236,15 +224,11 @@ class EdgeMeter(Meter):
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add per-threshold matched / predicted / gt counts (and the per-image best, for oisF)."""
         if pred.dim() != 4 or pred.shape[1] != 1:
-            raise ValueError(
-                f"EdgeMeter: pred must be (B, 1, H, W) logits, got {tuple(pred.shape)}"
-            )
+            raise ValueError(f"EdgeMeter: pred must be (B, 1, H, W) logits, got {tuple(pred.shape)}")
         if target.dim() == 3:
             target = target[:, None]
         if target.shape != pred.shape:
-            raise ValueError(
-                f"EdgeMeter: target {tuple(target.shape)} must match pred {tuple(pred.shape)}"
-            )
+            raise ValueError(f"EdgeMeter: target {tuple(target.shape)} must match pred {tuple(pred.shape)}")
         prob = pred[:, 0].float().sigmoid().cpu().numpy().astype(np.float64)
         gt = target[:, 0].float().cpu().numpy()
         valid = gt != self.ignore_index
@@ -253,9 +237,7 @@ class EdgeMeter(Meter):
         actual = gt_edge.reshape(len(gt), -1).sum(axis=1)
         self._accumulate(matched, predicted, actual)
 
-    def _count(
-        self, prob: np.ndarray, valid: np.ndarray, gt_edge: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _count(self, prob: np.ndarray, valid: np.ndarray, gt_edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Matched and predicted counts per (threshold, image), each (T, B)."""
         num_t, batch = len(self.thresholds), prob.shape[0]
         levels_map = np.where(valid, np.searchsorted(self.thresholds, prob, side="right"), 0)

@@ -38,8 +38,7 @@ class ScalarRegressionMeter(Meter):
         if values.dim() == 2 and values.shape[1] == 1:
             return values[:, 0]
         if values.dim() != 1:
-            raise ValueError(f"ScalarRegressionMeter: {what} must be (B,) or (B, 1), got shape "
-                             f"{tuple(values.shape)}")
+            raise ValueError(f"ScalarRegressionMeter: {what} must be (B,) or (B, 1), got shape {tuple(values.shape)}")
         return values
 
     @torch.no_grad()
@@ -48,8 +47,10 @@ class ScalarRegressionMeter(Meter):
         values = self._as_vector(pred, "pred").double()
         goal = self._as_vector(target, "target").double().to(values.device)
         if goal.shape != values.shape:
-            raise ValueError(f"ScalarRegressionMeter: pred {tuple(pred.shape)} and target "
-                             f"{tuple(target.shape)} must have the same batch size")
+            raise ValueError(
+                f"ScalarRegressionMeter: pred {tuple(pred.shape)} and target "
+                f"{tuple(target.shape)} must have the same batch size"
+            )
         valid = ~torch.isnan(goal)
         err = values[valid] - goal[valid]
         self._add("abs_err", err.abs().sum())
@@ -60,5 +61,8 @@ class ScalarRegressionMeter(Meter):
         """``mae`` (primary) and ``rmse`` in original units, ``mae_standardised``; 0 before any."""
         n = max(int(self._state["n_valid"]), 1)
         mae = float(self._state["abs_err"]) / n
-        return {"mae": self.scale * mae, "rmse": self.scale * math.sqrt(float(self._state["sq_err"]) / n),
-                "mae_standardised": mae}
+        return {
+            "mae": self.scale * mae,
+            "rmse": self.scale * math.sqrt(float(self._state["sq_err"]) / n),
+            "mae_standardised": mae,
+        }

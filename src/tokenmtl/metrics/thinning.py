@@ -63,9 +63,7 @@ def thin(maps: np.ndarray) -> np.ndarray:
     """
     maps = np.asarray(maps)
     if maps.ndim < 2:
-        raise ValueError(
-            f"thin: expected a map (H, W) or a stack (..., H, W), got shape {maps.shape}"
-        )
+        raise ValueError(f"thin: expected a map (H, W) or a stack (..., H, W), got shape {maps.shape}")
     shape = maps.shape
     h, w = shape[-2:]
     stack = maps.reshape(-1, h, w).astype(bool)

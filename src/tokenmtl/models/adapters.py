@@ -3,6 +3,7 @@
 DTME and the multi-task model only talk to an `EncoderAdapter`, so any transformer with a list
 of blocks (timm ViT here, Hugging Face encoders in `models.hf`) plugs in the same way.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -111,10 +112,8 @@ class TimmViTAdapter(EncoderAdapter):
 
     def finish(self, tokens: torch.Tensor, ctx: VisionContext) -> torch.Tensor:
         x = self.vit.norm(tokens)
-        x = x[:, ctx.num_prefix_tokens:]
+        x = x[:, ctx.num_prefix_tokens :]
         h, w = ctx.grid
         if x.shape[1] != h * w:
-            raise ValueError(
-                f"expected {h * w} patch tokens after the last block, got {x.shape[1]}"
-            )
+            raise ValueError(f"expected {h * w} patch tokens after the last block, got {x.shape[1]}")
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)

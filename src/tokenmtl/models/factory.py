@@ -4,11 +4,13 @@
 (a Hugging Face text encoder, pooled, with one linear PooledHead per task; `models.text` finds the
 model and its tokenizer, and `build_collate` returns the batch collation its inputs need).
 """
+
 from __future__ import annotations
 
 import difflib
 import json
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,8 +27,16 @@ HF_POOLINGS = ("mean", "cls")
 HF_DEFAULTS = {"pooling": "mean", "attn_implementation": "sdpa", "max_length": 128}  # see resolve_max_length()
 
 # Keys of the `model` section passed to timm as overrides of the named architecture.
-TIMM_OVERRIDES = ("img_size", "patch_size", "depth", "embed_dim", "num_heads", "mlp_ratio",
-                  "drop_path_rate", "qkv_bias")
+TIMM_OVERRIDES = (
+    "img_size",
+    "patch_size",
+    "depth",
+    "embed_dim",
+    "num_heads",
+    "mlp_ratio",
+    "drop_path_rate",
+    "qkv_bias",
+)
 
 
 def build_vit(model_cfg: Mapping[str, Any]) -> nn.Module:
@@ -44,8 +54,7 @@ def build_vit(model_cfg: Mapping[str, Any]) -> nn.Module:
     if model_cfg.get("pretrained") or model_cfg.get("weights"):
         from tokenmtl.models.weights import resolve_pretrained
 
-        resolve_pretrained(vit, name, pretrained=bool(model_cfg.get("pretrained")),
-                           weights=model_cfg.get("weights"))
+        resolve_pretrained(vit, name, pretrained=bool(model_cfg.get("pretrained")), weights=model_cfg.get("weights"))
     return vit
 
 
@@ -74,8 +83,10 @@ def resolve_max_length(model_cfg: Mapping[str, Any]) -> int:
     if value is None:
         return min(HF_DEFAULTS["max_length"], positions or HF_DEFAULTS["max_length"])
     if isinstance(value, int) and not isinstance(value, bool) and positions and value > positions:
-        raise ConfigError(f"model.max_length {value} exceeds the {positions} positions of "
-                          f"{model_cfg.get('name')!r}; use model.max_length <= {positions}")
+        raise ConfigError(
+            f"model.max_length {value} exceeds the {positions} positions of "
+            f"{model_cfg.get('name')!r}; use model.max_length <= {positions}"
+        )
     return value
 
 
@@ -87,16 +98,18 @@ def load_hf_encoder(model_cfg: Mapping[str, Any]) -> nn.Module:
     """
     attention = _hf_option(model_cfg, "attn_implementation")
     if attention not in SUPPORTED_ATTENTION:
-        raise ConfigError(f"model.attn_implementation must be one of {', '.join(SUPPORTED_ATTENTION)}; "
-                          f"got {attention!r}")
+        raise ConfigError(
+            f"model.attn_implementation must be one of {', '.join(SUPPORTED_ATTENTION)}; got {attention!r}"
+        )
     pooling = _hf_option(model_cfg, "pooling")
     if pooling not in HF_POOLINGS:
         raise ConfigError(f"model.pooling must be one of {', '.join(HF_POOLINGS)}; got {pooling!r}")
     directory = resolve_model_dir(model_cfg.get("name"))
     transformers = require_transformers()
     try:
-        hf_model = transformers.AutoModel.from_pretrained(str(directory), local_files_only=True,
-                                                          attn_implementation=attention)
+        hf_model = transformers.AutoModel.from_pretrained(
+            str(directory), local_files_only=True, attn_implementation=attention
+        )
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot load the Hugging Face model in {str(directory)!r}: {first}") from None
@@ -121,8 +134,10 @@ def _build_hf_model(model_cfg: Mapping[str, Any], task_specs: Mapping[str, Any])
     load_tokenizer(_tokenizer_name(model_cfg))  # a model dir without a tokenizer is an error at build
     resolve_max_length(model_cfg)
     encoder = HFEncoderAdapter(load_hf_encoder(model_cfg), pooling=_hf_option(model_cfg, "pooling"))
-    heads = {name: PooledHead(encoder.embed_dim, spec.out_channels, squeeze=spec.out_channels == 1)
-             for name, spec in task_specs.items()}
+    heads = {
+        name: PooledHead(encoder.embed_dim, spec.out_channels, squeeze=spec.out_channels == 1)
+        for name, spec in task_specs.items()
+    }
     return MultiTaskModel(encoder, heads)
 
 
@@ -135,6 +150,5 @@ def build_model(model_cfg: Mapping[str, Any], task_specs: Mapping[str, Any]) -> 
         return _build_hf_model(model_cfg, task_specs)
     encoder = TimmViTAdapter(build_vit(model_cfg))
     hidden = model_cfg.get("head_channels") or None
-    heads = {name: DenseHead(encoder.embed_dim, spec.out_channels, hidden)
-             for name, spec in task_specs.items()}
+    heads = {name: DenseHead(encoder.embed_dim, spec.out_channels, hidden) for name, spec in task_specs.items()}
     return MultiTaskModel(encoder, heads)

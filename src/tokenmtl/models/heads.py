@@ -1,4 +1,5 @@
 """Task heads: the DTME paper's baseline decoder for dense tasks, a pooled head for sequences."""
+
 from __future__ import annotations
 
 import torch

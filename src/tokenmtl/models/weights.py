@@ -6,6 +6,7 @@ are refused); big_vision/timm `.npz` read by timm's own `_load_weights`. The pos
 (and patch embedding) is resampled to the model's grid with timm's `checkpoint_filter_fn`, so
 weights trained at 384 px load into a 448x576 model.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -16,9 +17,11 @@ import torch
 from torch import nn
 
 PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-HOW_TO_PROVIDE = ("pass --weights PATH (config key model.weights) with a local .safetensors, .npz "
-                  "or .pth file of the backbone, or set model.pretrained=false to train from "
-                  "scratch; see docs/real_benchmarks.md")
+HOW_TO_PROVIDE = (
+    "pass --weights PATH (config key model.weights) with a local .safetensors, .npz "
+    "or .pth file of the backbone, or set model.pretrained=false to train from "
+    "scratch; see docs/real_benchmarks.md"
+)
 
 
 class WeightsError(RuntimeError):
@@ -40,8 +43,12 @@ class LoadReport:
     def summary(self) -> str:
         """One line for the log."""
         parts = [f"loaded {self.loaded} tensors from {self.path} ({self.format})"]
-        for label, keys in (("resized", self.resized), ("ignored classifier", self.ignored),
-                            ("missing", self.missing), ("unexpected", self.unexpected)):
+        for label, keys in (
+            ("resized", self.resized),
+            ("ignored classifier", self.ignored),
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+        ):
             if keys:
                 parts.append(f"{label}: {_short(keys)}")
         return "; ".join(parts)
@@ -71,12 +78,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise WeightsError(
                 f"refused to load {str(path)!r}: it holds pickled Python objects, not only "
                 "tensors (torch.load with weights_only=True). Save just the state dict "
-                "(torch.save(model.state_dict(), ...)) or convert it to .safetensors") from None
+                "(torch.save(model.state_dict(), ...)) or convert it to .safetensors"
+            ) from None
         except Exception as exc:
             raise WeightsError(f"unreadable checkpoint {str(path)!r}: {exc}") from None
     else:
-        raise WeightsError(f"unsupported weights file {str(path)!r}; use .safetensors, .npz or "
-                           f"{'/'.join(PTH_SUFFIXES)}")
+        raise WeightsError(
+            f"unsupported weights file {str(path)!r}; use .safetensors, .npz or {'/'.join(PTH_SUFFIXES)}"
+        )
     return _unwrap(state, path)
 
 
@@ -90,14 +99,13 @@ def _unwrap(state: object, path: Path) -> dict[str, torch.Tensor]:
     if not tensors:
         raise WeightsError(f"{str(path)!r} holds no tensors")
     if all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
 
 
 def _check_vit(model: nn.Module) -> None:
     if not (hasattr(model, "patch_embed") and hasattr(model, "blocks")):
-        raise WeightsError(f"load_vit_weights needs a timm VisionTransformer, got "
-                           f"{type(model).__name__}")
+        raise WeightsError(f"load_vit_weights needs a timm VisionTransformer, got {type(model).__name__}")
 
 
 def load_vit_weights(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
@@ -121,22 +129,27 @@ def load_vit_weights(model: nn.Module, path: str | Path, strict: bool = True) ->
         state = checkpoint_filter_fn(state, model)
     except Exception as exc:
         raise WeightsError(f"{str(path)!r} could not be adapted to the model: {exc}") from None
-    resized = [f"{k} {before[k]} -> {tuple(v.shape)}" for k, v in state.items()
-               if k in before and before[k] != tuple(v.shape)]
-    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and own[k].shape != v.shape]
+    resized = [
+        f"{k} {before[k]} -> {tuple(v.shape)}" for k, v in state.items() if k in before and before[k] != tuple(v.shape)
+    ]
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
     if mismatched:
-        raise WeightsError(f"{str(path)!r} does not fit this architecture (a different ViT size?): "
-                           f"{_short(mismatched, 4)}")
+        raise WeightsError(
+            f"{str(path)!r} does not fit this architecture (a different ViT size?): {_short(mismatched, 4)}"
+        )
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     loaded = len(state) - len(unexpected)
     if loaded == 0 or (strict and (missing or unexpected)):
-        raise WeightsError(f"{str(path)!r} does not match the model: missing {_short(missing)}; "
-                           f"unexpected {_short(unexpected)}")
+        raise WeightsError(
+            f"{str(path)!r} does not match the model: missing {_short(missing)}; unexpected {_short(unexpected)}"
+        )
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    return LoadReport(str(path), path.suffix.lstrip("."), loaded, missing, unexpected, ignored,
-                      resized)
+    return LoadReport(str(path), path.suffix.lstrip("."), loaded, missing, unexpected, ignored, resized)
 
 
 def _load_npz(model: nn.Module, path: Path) -> LoadReport:
@@ -146,13 +159,13 @@ def _load_npz(model: nn.Module, path: Path) -> LoadReport:
     try:
         from timm.models.vision_transformer import _load_weights
     except ImportError:
-        raise WeightsError("this timm version has no .npz loader; convert the file to "
-                           ".safetensors") from None
+        raise WeightsError("this timm version has no .npz loader; convert the file to .safetensors") from None
     try:
         _load_weights(model, str(path))
     except Exception as exc:
-        raise WeightsError(f"could not load {str(path)!r} as a big_vision/timm .npz "
-                           f"({type(exc).__name__}: {exc})") from None
+        raise WeightsError(
+            f"could not load {str(path)!r} as a big_vision/timm .npz ({type(exc).__name__}: {exc})"
+        ) from None
     return LoadReport(str(path), "npz", len(model.state_dict()))
 
 
@@ -182,6 +195,7 @@ def pretrained_path(name: str, pretrained: bool, weights: str | Path | None) -> 
     `pretrained`, else None. Offline without `weights`: a WeightsError saying how to provide them."""
     if isinstance(weights, str) and weights.startswith("pretrained:"):  # built locally, cached
         from tokenmtl.pretrain import resolve_weights
+
         return resolve_weights(weights)
     if weights:
         path = Path(weights).expanduser()
@@ -199,11 +213,11 @@ def pretrained_path(name: str, pretrained: bool, weights: str | Path | None) -> 
             f"could not fetch pretrained weights for {name!r} from the Hugging Face hub "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Offline? "
             f"Download them on a connected machine (e.g. model.safetensors of timm/{name}), then "
-            f"{HOW_TO_PROVIDE}") from None
+            f"{HOW_TO_PROVIDE}"
+        ) from None
 
 
-def resolve_pretrained(model: nn.Module, name: str, pretrained: bool,
-                       weights: str | Path | None) -> LoadReport | None:
+def resolve_pretrained(model: nn.Module, name: str, pretrained: bool, weights: str | Path | None) -> LoadReport | None:
     """Load the weights `pretrained_path` finds into `model`; None when nothing is to be loaded."""
     path = pretrained_path(name, pretrained, weights)
     return None if path is None else load_vit_weights(model, path)

@@ -6,9 +6,11 @@ bias together) and per step, count the task pairs whose gradient cosine similari
 gradient method, e.g. CAGrad, as in the paper's Recon+CAGrad). The branching itself is the
 model edit `tokenmtl.recon.edit.ReconEdit`.
 """
+
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -25,11 +27,21 @@ class Recon(GradientBalancer):
     """
 
     name: ClassVar[str] = "recon"
-    summary: ClassVar[str] = ("Recon: count per-layer task-gradient conflicts (cos < S) over a window, "
-                              "then make the top-k shared layers task-specific")
+    summary: ClassVar[str] = (
+        "Recon: count per-layer task-gradient conflicts (cos < S) over a window, "
+        "then make the top-k shared layers task-specific"
+    )
 
-    def __init__(self, num_tasks: int, *, base: str = "ew", base_options: dict[str, Any] | None = None,
-                 S: float = -0.02, window: int = 100, top_k: int = 6) -> None:
+    def __init__(
+        self,
+        num_tasks: int,
+        *,
+        base: str = "ew",
+        base_options: dict[str, Any] | None = None,
+        S: float = -0.02,
+        window: int = 100,
+        top_k: int = 6,
+    ) -> None:
         super().__init__(num_tasks)
         from tokenmtl.balancing import create
 
@@ -37,8 +49,10 @@ class Recon(GradientBalancer):
             raise ValueError("recon cannot be its own base method")
         self.base_method = create(base, num_tasks, **(base_options or {}))
         if self.base_method.kind != "gradient" and base != "ew":
-            raise ValueError(f"recon needs task gradients; its base method must be ew or a gradient method, "
-                             f"got {base!r} (a loss-weighting method)")
+            raise ValueError(
+                f"recon needs task gradients; its base method must be ew or a gradient method, "
+                f"got {base!r} (a loss-weighting method)"
+            )
         if window < 1 or top_k < 1:
             raise ValueError(f"recon needs window >= 1 and top_k >= 1, got window={window}, top_k={top_k}")
         self.base, self.S, self.window, self.top_k = base, float(S), int(window), int(top_k)

@@ -6,11 +6,13 @@ with the branched layers; tokenmtl branches the layers in the same run at the en
 model is edited once) and keeps training, so Recon costs one run like every other method.
 Candidate layers are the `nn.Linear` modules inside the transformer blocks (qkv, proj, fc1, fc2).
 """
+
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -42,19 +44,23 @@ class ReconEdit(ModelEdit):
         self.split: list[str] = []
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], balancer: Any, earlier: list[ModelEdit]) -> "ReconEdit | None":
+    def from_config(cls, cfg: Mapping[str, Any], balancer: Any, earlier: list[ModelEdit]) -> ReconEdit | None:
         if not isinstance(balancer, Recon):
             return None
         if earlier:
             step = earlier[0].step
             if step == 0:
-                raise TrainingError("recon scores layers before the model is edited, but the "
-                                    f"{earlier[0].name} edit is at step 0: set dtme.expand_at > 0")
+                raise TrainingError(
+                    "recon scores layers before the model is edited, but the "
+                    f"{earlier[0].name} edit is at step 0: set dtme.expand_at > 0"
+                )
             return cls(balancer, step)
         iterations = int(cfg["train"]["iterations"])
         if not 0 < balancer.window < iterations:
-            raise TrainingError(f"recon's method.window ({balancer.window}) must be between 1 and "
-                                f"train.iterations - 1 ({iterations - 1})")
+            raise TrainingError(
+                f"recon's method.window ({balancer.window}) must be between 1 and "
+                f"train.iterations - 1 ({iterations - 1})"
+            )
         return cls(balancer, balancer.window)
 
     def watch(self, model: nn.Module, driver: Any) -> None:
@@ -65,9 +71,17 @@ class ReconEdit(ModelEdit):
         self.split = self.balancer.layers_to_split()
         if ctx.out is not None and ctx.is_main:
             ctx.out.mkdir(parents=True, exist_ok=True)
-            (ctx.out / "recon_scores.json").write_text(json.dumps(
-                {"scores": self.balancer.conflict_scores(), "split": self.split,
-                 "S": self.balancer.S, "steps_scored": self.balancer.steps_scored}, indent=1))
+            (ctx.out / "recon_scores.json").write_text(
+                json.dumps(
+                    {
+                        "scores": self.balancer.conflict_scores(),
+                        "split": self.split,
+                        "S": self.balancer.S,
+                        "steps_scored": self.balancer.steps_scored,
+                    },
+                    indent=1,
+                )
+            )
         result = self.restore(ctx.model, self.record())
         result.scalars = {"seconds": time.perf_counter() - start, "split_layers": len(self.split)}
         return result

@@ -1,7 +1,9 @@
 """Recon's statistic: per-layer S-conflict counts of task gradients, accumulated over a window."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -4,9 +4,10 @@ The copies start equal to the shared layer and live in the model's forking trunk
 (`trunk.split.<block>__<path>`), which forks the task streams at the first branched block; the
 block keeps a proxy that calls them, so each copy sees only its task's stream.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

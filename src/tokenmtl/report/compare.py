@@ -1,4 +1,5 @@
 """`tokenmtl compare` as a function: load runs, build the fair table, write comparison.md and .png."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,9 @@ from tokenmtl.report.runs import load_runs
 from tokenmtl.report.table import Comparison, build_comparison
 
 
-def compare_runs(paths: list[str | Path], out_dir: str | Path | None = None, allow_mixed: bool = False,
-                 name: str = "comparison") -> Comparison:
+def compare_runs(
+    paths: list[str | Path], out_dir: str | Path | None = None, allow_mixed: bool = False, name: str = "comparison"
+) -> Comparison:
     """Table of the runs under `paths`; writes `<out_dir>/<name>.md` and `<name>.png`.
 
     `out_dir` defaults to the first path (its folder when it is a file). Raises

@@ -1,4 +1,5 @@
 """Which runs may share one delta-m table: the same budget (iterations run), model and benchmark."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -11,14 +12,19 @@ class MixedComparisonError(ValueError):
     """Runs with different budgets, models or benchmarks were put in one delta-m table."""
 
 
-ALLOW_HINT = "compare runs of one budget, model and benchmark, or pass allow_mixed=True (tokenmtl compare --allow-mixed)"
+ALLOW_HINT = (
+    "compare runs of one budget, model and benchmark, or pass allow_mixed=True (tokenmtl compare --allow-mixed)"
+)
 
 
 def protocol_of(run: RunRecord) -> dict[str, Any]:
     """What a fair comparison must hold fixed: iterations run, the `model` and `benchmark` sections."""
     settings = comparable_settings(run.config)
-    return {"iterations": run.iterations, "model": settings.get("model", {}),
-            "benchmark": settings.get("benchmark", {})}
+    return {
+        "iterations": run.iterations,
+        "model": settings.get("model", {}),
+        "benchmark": settings.get("benchmark", {}),
+    }
 
 
 def protocol_difference(a: RunRecord, b: RunRecord) -> str | None:
@@ -46,7 +52,8 @@ def check_protocols(multi_task: list[RunRecord], single_task: list[RunRecord], a
             if not allow_mixed:
                 raise MixedComparisonError(
                     f"cannot put runs with different budgets, models or benchmarks in one Δm table: "
-                    f"{diff} ({str(anchor.dir)!r} vs {str(run.dir)!r}); {ALLOW_HINT}")
+                    f"{diff} ({str(anchor.dir)!r} vs {str(run.dir)!r}); {ALLOW_HINT}"
+                )
             notes.append(f"{run.dir.name}: {diff} (vs {anchor.dir.name})")
     for run in single_task if multi_task else single_task[1:]:
         diff = protocol_difference(anchor, run)
@@ -56,6 +63,7 @@ def check_protocols(multi_task: list[RunRecord], single_task: list[RunRecord], a
             kind = "the single-task reference" if multi_task else "single-task runs"
             raise MixedComparisonError(
                 f"{kind} {str(run.dir)!r} does not match the multi-task runs' budget, model or benchmark: "
-                f"{diff} (vs {str(anchor.dir)!r}); {ALLOW_HINT}")
+                f"{diff} (vs {str(anchor.dir)!r}); {ALLOW_HINT}"
+            )
         notes.append(f"{run.dir.name}: {diff} (vs {anchor.dir.name})")
     return notes

@@ -1,4 +1,5 @@
 """DTME report plots: per-layer conflict rates with the chosen layers, and token-space spectra."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,10 @@ def plot_conflicts(report: Any, plan: Any | None, path: str | Path) -> Path:
             ax.annotate("M", (x - width / 2, top * 1.04), ha="center", color="tab:blue", fontweight="bold")
         for x in plan.te:
             ax.annotate("E", (x + width / 2, top * 1.04), ha="center", color="tab:orange", fontweight="bold")
-        ax.set_title(f"token-space conflicts (M = TM layer, E = TE layer; strategy {plan.strategy}, "
-                     f"ratio {plan.ratio:g})", fontsize=9)
+        ax.set_title(
+            f"token-space conflicts (M = TM layer, E = TE layer; strategy {plan.strategy}, ratio {plan.ratio:g})",
+            fontsize=9,
+        )
     else:
         ax.set_title("token-space conflicts per layer", fontsize=9)
     low = min(range_rates + null_rates + [top])
@@ -50,11 +53,11 @@ def plot_spectra(report: Any, path: str | Path) -> Path:
     for i, lr in enumerate(report.layers):
         values = [max(v, 1e-12) for v in lr.eigenvalues]
         color = cmap(i / count)
-        ax.plot(range(1, len(values) + 1), values, color=color, linewidth=1.2,
-                label=f"layer {lr.layer} (k={lr.k}/{lr.dim})")
+        ax.plot(
+            range(1, len(values) + 1), values, color=color, linewidth=1.2, label=f"layer {lr.layer} (k={lr.k}/{lr.dim})"
+        )
         if 0 < lr.k <= len(values):
-            ax.plot([lr.k], [values[lr.k - 1]], marker="o", color=color, markersize=6,
-                    markeredgecolor="black")
+            ax.plot([lr.k], [values[lr.k - 1]], marker="o", color=color, markersize=6, markeredgecolor="black")
     ax.set_yscale("log")
     ax.set_xlabel("eigenvalue index")
     ax.set_ylabel("eigenvalue of token covariance (floor 1e-12)")
@@ -80,16 +83,23 @@ def plot_conflict_change(change: Any, path: str | Path) -> Path:
         before = [getattr(lc, f"{space}_before") for lc in change.layers]
         after = [getattr(lc, f"{space}_after") for lc in change.layers]
         ax.bar([x - width / 2 for x in layers], before, width, label=change.labels[0], color="tab:gray")
-        ax.bar([x + width / 2 for x in layers], after, width, label=change.labels[1],
-               color="tab:blue" if space == "range" else "tab:orange")
+        ax.bar(
+            [x + width / 2 for x in layers],
+            after,
+            width,
+            label=change.labels[1],
+            color="tab:blue" if space == "range" else "tab:orange",
+        )
         top = max(before + after + [0.0])
         for x in marked:
             ax.annotate(mark, (x, top * 1.03), ha="center", fontweight="bold")
         ax.set_ylim(0.0, min(1.0, top * 1.12) if top > 0 else 1.0)
         ax.set_xticks(layers)
         ax.set_xlabel("layer (tokens entering block)")
-        ax.set_title(f"{space}-space conflicts: mean {change.mean(space, 'before'):.3f} -> "
-                     f"{change.mean(space, 'after'):.3f}", fontsize=9)
+        ax.set_title(
+            f"{space}-space conflicts: mean {change.mean(space, 'before'):.3f} -> {change.mean(space, 'after'):.3f}",
+            fontsize=9,
+        )
         ax.legend(loc="lower right", fontsize=8)
     axes[0].set_ylabel("conflict rate (token, task pair)")
     fig.tight_layout()

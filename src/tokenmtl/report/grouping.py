@@ -1,4 +1,5 @@
 """Runs grouped into settings (the seeds of one table row) and row labels derived from what differs."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -48,8 +49,10 @@ def group_settings(runs: list[RunRecord]) -> list[Setting]:
         group = groups.setdefault(run.setting, Setting(run.setting))
         twin = group.run_of_seed(run.seed)
         if twin is not None:
-            raise ValueError(f"two runs of the same setting and seed {run.seed}: {str(twin.dir)!r} and "
-                             f"{str(run.dir)!r}; pass only one of them")
+            raise ValueError(
+                f"two runs of the same setting and seed {run.seed}: {str(twin.dir)!r} and "
+                f"{str(run.dir)!r}; pass only one of them"
+            )
         group.runs.append(run)
     for group in groups.values():
         group.runs.sort(key=lambda r: r.seed)
@@ -106,4 +109,3 @@ def assign_labels(settings: list[Setting]) -> None:
             flat = flatten(setting.settings)
             detail = ", ".join(f"{k}={_value_text(flat.get(k))}" for k in keys)
             setting.label = f"{label} ({detail})"
-

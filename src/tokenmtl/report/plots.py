@@ -1,4 +1,5 @@
 """Bar charts of a comparison: per-task change vs single-task, and delta-m per run."""
+
 from __future__ import annotations
 
 from pathlib import Path

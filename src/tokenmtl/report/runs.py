@@ -1,4 +1,5 @@
 """Finished runs on disk: results.json plus the resolved config.yaml of each run folder."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,10 @@ class RunRecord:
         """Iterations the run executed (results.json `iterations`, else `timing.iterations`)."""
         value = self.results.get("iterations", self.results.get("timing", {}).get("iterations"))
         if value is None:
-            raise ValueError(f"run {str(self.dir)!r}: results.json records no iterations "
-                             f"(neither 'iterations' nor 'timing.iterations'); cannot tell its budget")
+            raise ValueError(
+                f"run {str(self.dir)!r}: results.json records no iterations "
+                f"(neither 'iterations' nor 'timing.iterations'); cannot tell its budget"
+            )
         return int(value)
 
     @property
@@ -92,8 +95,10 @@ def load_run(folder: str | Path) -> RunRecord:
         raise ValueError(f"{str(folder / 'results.json')!r} has no 'tasks' metrics; is it a tokenmtl run?")
     config_path = folder / "config.yaml"
     if not config_path.is_file():
-        raise FileNotFoundError(f"run folder {str(folder)!r} has no config.yaml: compare needs the resolved "
-                                f"config of every run to tell settings, budgets and models apart")
+        raise FileNotFoundError(
+            f"run folder {str(folder)!r} has no config.yaml: compare needs the resolved "
+            f"config of every run to tell settings, budgets and models apart"
+        )
     try:
         config = read_yaml(config_path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:

@@ -3,6 +3,7 @@
 Runs of one setting differ only by `train.seed` (and by names, output and logging keys), so a
 comparison table may average them as seeds of one row; runs of different settings never are.
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,12 +14,12 @@ from typing import Any
 
 # Dotted config keys (or whole sections) that never change what a run computes.
 IGNORED_KEYS: tuple[str, ...] = (
-    "name",                      # a label
-    "train.seed",                # the seed is what varies within a setting
-    "log",                       # progress bars, TensorBoard
-    "train.checkpoint_every",    # checkpoints resume to the same result
+    "name",  # a label
+    "train.seed",  # the seed is what varies within a setting
+    "log",  # progress bars, TensorBoard
+    "train.checkpoint_every",  # checkpoints resume to the same result
     "train.keep_checkpoints",
-    "benchmark.cache_dir",       # where generated data is cached, not what it is
+    "benchmark.cache_dir",  # where generated data is cached, not what it is
 )
 
 

@@ -6,6 +6,7 @@ models or benchmarks are refused unless `allow_mixed` (`report/compatibility.py`
 delta-m is computed against the single-task run of the same seed when there is one (paired),
 else against the seed-mean single-task metrics; the caption says which.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,14 +27,14 @@ class Row:
     """One table row: a multi-task setting over its seeds, or the single-task reference models."""
 
     label: str
-    kind: str                                   # "ST" or "MT"
+    kind: str  # "ST" or "MT"
     seeds: list[int]
-    iterations: list[int]                       # distinct iterations run by its runs
-    metrics: dict[str, tuple[float, float]]     # task -> (mean, std) of the primary metric
-    delta_m: tuple[float, float] | None         # (mean, std) over seeds of per-seed delta-m
+    iterations: list[int]  # distinct iterations run by its runs
+    metrics: dict[str, tuple[float, float]]  # task -> (mean, std) of the primary metric
+    delta_m: tuple[float, float] | None  # (mean, std) over seeds of per-seed delta-m
     delta_m_per_seed: list[float] = field(default_factory=list)
     task_change: dict[str, float] = field(default_factory=dict)  # mean % change vs ST (positive = better)
-    pairing: str | None = None                  # "paired", "seed-mean" or "partly paired"
+    pairing: str | None = None  # "paired", "seed-mean" or "partly paired"
     params: int = 0
     added_by_dtme: int = 0
     added_by_recon: int = 0
@@ -81,8 +82,10 @@ def _reference_settings(row: Setting, single: list[Setting]) -> dict[str, Settin
             same = [s for s in candidates if protocol_difference(s.first, row.first) is None]
             candidates = same or candidates
         if len(candidates) > 1:
-            raise ValueError(f"{len(candidates)} different single-task settings for task {task!r} "
-                             f"({'; '.join(s.label for s in candidates)}); pass only one as the reference")
+            raise ValueError(
+                f"{len(candidates)} different single-task settings for task {task!r} "
+                f"({'; '.join(s.label for s in candidates)}); pass only one as the reference"
+            )
         if candidates:
             chosen[task] = candidates[0]
     return chosen
@@ -102,8 +105,14 @@ def _multi_task_row(setting: Setting, single: list[Setting], primary: Primary) -
     for run in setting.runs:
         twins = {t: refs[t].run_of_seed(run.seed) for t in refs}
         is_paired = complete and all(twins.values())
-        reference = {t: ({primary[t][0]: twins[t].metric(t, primary[t][0])} if is_paired
-                         else {primary[t][0]: _seed_mean(refs[t], t, primary[t][0])}) for t in refs}
+        reference = {
+            t: (
+                {primary[t][0]: twins[t].metric(t, primary[t][0])}
+                if is_paired
+                else {primary[t][0]: _seed_mean(refs[t], t, primary[t][0])}
+            )
+            for t in refs
+        }
         paired += is_paired
         for t in refs:
             changes[t].append(delta_m(run.results["tasks"], reference, {t: primary[t]}))
@@ -114,15 +123,21 @@ def _multi_task_row(setting: Setting, single: list[Setting], primary: Primary) -
         pairing = "paired" if paired == len(setting.runs) else "seed-mean" if paired == 0 else "partly paired"
     first = setting.first
     return Row(
-        label=setting.label, kind="MT", seeds=setting.seeds,
+        label=setting.label,
+        kind="MT",
+        seeds=setting.seeds,
         iterations=sorted({r.iterations for r in setting.runs}),
         metrics={t: mean_std([r.metric(t, primary[t][0]) for r in setting.runs]) for t in tasks},
-        delta_m=mean_std(per_seed) if per_seed else None, delta_m_per_seed=per_seed,
-        task_change={t: statistics.fmean(v) for t, v in changes.items()}, pairing=pairing,
-        params=first.param("total"), added_by_dtme=first.param("added_by_dtme"),
+        delta_m=mean_std(per_seed) if per_seed else None,
+        delta_m_per_seed=per_seed,
+        task_change={t: statistics.fmean(v) for t, v in changes.items()},
+        pairing=pairing,
+        params=first.param("total"),
+        added_by_dtme=first.param("added_by_dtme"),
         added_by_recon=first.param("added_by_recon"),
         wall_seconds=mean_std([r.wall_seconds for r in setting.runs]),
-        dirs=[str(r.dir) for r in setting.runs])
+        dirs=[str(r.dir) for r in setting.runs],
+    )
 
 
 def _single_task_rows(single: list[Setting], tasks: list[str], primary: Primary) -> list[Row]:
@@ -140,19 +155,26 @@ def _single_task_rows(single: list[Setting], tasks: list[str], primary: Primary)
         for setting in group:
             task = setting.tasks[0]
             if task in by_task:
-                raise ValueError(f"2 different single-task settings for task {task!r} with the same budget "
-                                 f"({by_task[task].label}; {setting.label}); pass only one as the reference")
+                raise ValueError(
+                    f"2 different single-task settings for task {task!r} with the same budget "
+                    f"({by_task[task].label}; {setting.label}); pass only one as the reference"
+                )
             by_task[task] = setting
         label = "ST" if len(groups) == 1 else f"ST ({group[0].first.iterations} it)"
         walls = [mean_std([r.wall_seconds for r in s.runs]) for s in by_task.values()]
-        rows.append(Row(
-            label=label, kind="ST", seeds=sorted({seed for s in group for seed in s.seeds}),
-            iterations=sorted({r.iterations for s in group for r in s.runs}),
-            metrics={t: mean_std([r.metric(t, primary[t][0]) for r in s.runs]) for t, s in by_task.items()},
-            delta_m=(0.0, 0.0) if set(tasks) <= set(by_task) else None,
-            params=sum(round(statistics.fmean(r.param("total") for r in s.runs)) for s in by_task.values()),
-            wall_seconds=(sum(w[0] for w in walls), math.sqrt(sum(w[1] ** 2 for w in walls))),
-            dirs=[str(r.dir) for s in group for r in s.runs]))
+        rows.append(
+            Row(
+                label=label,
+                kind="ST",
+                seeds=sorted({seed for s in group for seed in s.seeds}),
+                iterations=sorted({r.iterations for s in group for r in s.runs}),
+                metrics={t: mean_std([r.metric(t, primary[t][0]) for r in s.runs]) for t, s in by_task.items()},
+                delta_m=(0.0, 0.0) if set(tasks) <= set(by_task) else None,
+                params=sum(round(statistics.fmean(r.param("total") for r in s.runs)) for s in by_task.values()),
+                wall_seconds=(sum(w[0] for w in walls), math.sqrt(sum(w[1] ** 2 for w in walls))),
+                dirs=[str(r.dir) for s in group for r in s.runs],
+            )
+        )
     return rows
 
 
@@ -188,43 +210,58 @@ def _delta_text(row: Row) -> str:
 
 def caption(rows: list[Row], notes: Sequence[str] = ()) -> str:
     """What the numbers are: rows = settings, mean ± std over seeds, and how delta-m was paired."""
-    lines = [("Rows are settings (resolved configs equal except train.seed, name, output and log keys); "
-              "cells are mean ± sample std over seeds.")]
+    lines = [
+        (
+            "Rows are settings (resolved configs equal except train.seed, name, output and log keys); "
+            "cells are mean ± sample std over seeds."
+        )
+    ]
     by_pairing: dict[str, list[str]] = {}
     for row in rows:
         if row.kind == "MT" and row.pairing:
             by_pairing.setdefault(row.pairing, []).append(row.label)
-    texts = {"paired": "against the single-task run of the same seed (paired)",
-             "seed-mean": "against the seed-mean of the single-task runs (no single-task run of that seed)",
-             "partly paired": "paired where a single-task run of the same seed exists, else against the ST seed-mean"}
+    texts = {
+        "paired": "against the single-task run of the same seed (paired)",
+        "seed-mean": "against the seed-mean of the single-task runs (no single-task run of that seed)",
+        "partly paired": "paired where a single-task run of the same seed exists, else against the ST seed-mean",
+    }
     if len(by_pairing) == 1:
-        (kind, _), = by_pairing.items()
+        ((kind, _),) = by_pairing.items()
         lines.append(f"Δm of each seed {texts[kind]}, then mean ± std over seeds.")
     else:
         for kind, labels in by_pairing.items():
             lines.append(f"Δm of each seed {texts[kind]}: {', '.join(labels)}.")
     if any(r.kind == "ST" for r in rows):
-        lines.append("ST row: the single-task models together (params and wall time summed over tasks). "
-                     "Wall time = train + DTME/Recon edit + final evaluation seconds per run.")
+        lines.append(
+            "ST row: the single-task models together (params and wall time summed over tasks). "
+            "Wall time = train + DTME/Recon edit + final evaluation seconds per run."
+        )
     if notes:
-        lines.append("MIXED (allow_mixed): these runs differ in budget, model or benchmark, so their Δm are "
-                     "not comparable: " + "; ".join(notes) + ".")
+        lines.append(
+            "MIXED (allow_mixed): these runs differ in budget, model or benchmark, so their Δm are "
+            "not comparable: " + "; ".join(notes) + "."
+        )
     return "\n".join(lines)
 
 
 def to_markdown(rows: list[Row], tasks: list[str], primary: Primary, notes: Sequence[str] = ()) -> str:
     """Markdown table (arrow = better direction of each task's primary metric) and its caption."""
-    header = ["run", "seeds", "iterations"] + \
-             [f"{t} {primary[t][0]} {'↓' if primary[t][1] else '↑'}" for t in tasks] + \
-             ["Δm % ↑", "params", "+DTME params", "+Recon params", "wall s/run"]
+    header = (
+        ["run", "seeds", "iterations"]
+        + [f"{t} {primary[t][0]} {'↓' if primary[t][1] else '↑'}" for t in tasks]
+        + ["Δm % ↑", "params", "+DTME params", "+Recon params", "wall s/run"]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         n = len(row.seeds)
         cells = [row.label, str(len(row.seeds)), "/".join(map(str, row.iterations))]
         cells += [_fmt(row.metrics[t], n) if t in row.metrics else "-" for t in tasks]
         cells.append(_delta_text(row))
-        cells += [f"{row.params:,}", f"{row.added_by_dtme:,}" if row.added_by_dtme else "-",
-                  f"{row.added_by_recon:,}" if row.added_by_recon else "-", _fmt(row.wall_seconds, n, 3)]
+        cells += [
+            f"{row.params:,}",
+            f"{row.added_by_dtme:,}" if row.added_by_dtme else "-",
+            f"{row.added_by_recon:,}" if row.added_by_recon else "-",
+            _fmt(row.wall_seconds, n, 3),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + caption(rows, notes) + "\n"
-

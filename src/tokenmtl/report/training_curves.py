@@ -5,6 +5,7 @@ after DTME expansion, `dtme/added_norm/<task>` (norm of each task's added parame
 `dtme_norm/<task>` is read too). metrics.csv is long (`step, phase, key, value` rows, `engine/run_log.py`); a wide
 CSV with a `step` column and one column per key is read too.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 Series = dict[str, tuple[list[int], list[float]]]
-PANELS = {"weight": "balancer task weight", "dtme/added_norm": "norm of the DTME-added parameters",
-          "dtme_norm": "norm of the DTME-added parameters"}
+PANELS = {
+    "weight": "balancer task weight",
+    "dtme/added_norm": "norm of the DTME-added parameters",
+    "dtme_norm": "norm of the DTME-added parameters",
+}
 DEFAULT_PREFIXES = ("weight", "dtme/added_norm", "dtme_norm")
 
 
@@ -43,12 +47,13 @@ def read_task_series(path: str | Path, prefix: str) -> Series:
             items = [(row["key"], row["value"])] if long_format else [(k, v) for k, v in row.items() if k != "step"]
             for key, value in items:
                 if key and key.startswith(prefix + "/") and value not in (None, ""):
-                    series.setdefault(key[len(prefix) + 1:], []).append((int(float(row["step"])), float(value)))
+                    series.setdefault(key[len(prefix) + 1 :], []).append((int(float(row["step"])), float(value)))
     return {task: ([s for s, _ in sorted(points)], [v for _, v in sorted(points)]) for task, points in series.items()}
 
 
-def plot_task_series(runs: Mapping[str, str | Path] | Sequence[str | Path], path: str | Path,
-                     prefixes: Sequence[str] = DEFAULT_PREFIXES) -> Path:
+def plot_task_series(
+    runs: Mapping[str, str | Path] | Sequence[str | Path], path: str | Path, prefixes: Sequence[str] = DEFAULT_PREFIXES
+) -> Path:
     """One panel per prefix with data, one line per (run, task): colour = task, line style = run.
 
     `runs` maps labels to run folders (or metrics.csv files); a plain list is labelled by folder name.

@@ -33,7 +33,12 @@ from tokenmtl.data.scenes.distribution import (
     ObjectClass,
     SceneConfig,
 )
-from tokenmtl.data.scenes.generation import SPLIT_OFFSETS, STORAGE_DTYPES, _to_storage, generate_split
+from tokenmtl.data.scenes.generation import (  # noqa: F401 (_to_storage: the tests use it)
+    SPLIT_OFFSETS,
+    STORAGE_DTYPES,
+    _to_storage,
+    generate_split,
+)
 from tokenmtl.data.scenes.raycast import camera_rays, intersect, intersect_room, surface_geometry
 from tokenmtl.data.scenes.rendering import render, render_index
 from tokenmtl.data.scenes.sampling import sample_scene
@@ -41,10 +46,38 @@ from tokenmtl.data.scenes.scene import Camera, Primitive, Scene, Surface
 from tokenmtl.data.scenes.targets import RESHADING_LIGHT, boundary_maps, surface_of_face
 
 __all__ = [
-    "CLASS_NAMES", "FLOOR", "GENERATOR_VERSION", "IMAGE_MEAN", "IMAGE_STD", "NUM_CLASSES",
-    "OBJECT_CLASSES", "RESHADING_LIGHT", "SPLIT_OFFSETS", "STORAGE_DTYPES", "TEXTURES", "WALL",
-    "Camera", "ObjectClass", "Primitive", "Scene", "SceneConfig", "ScenesBenchmark", "ScenesDataset",
-    "Surface", "boundary_maps", "cache_key", "camera_rays", "default_cache_dir", "generate_split",
-    "intersect", "intersect_room", "load_arrays", "render", "render_index", "sample_scene",
-    "save_arrays", "surface_geometry", "surface_of_face",
+    "CLASS_NAMES",
+    "FLOOR",
+    "GENERATOR_VERSION",
+    "IMAGE_MEAN",
+    "IMAGE_STD",
+    "NUM_CLASSES",
+    "OBJECT_CLASSES",
+    "RESHADING_LIGHT",
+    "SPLIT_OFFSETS",
+    "STORAGE_DTYPES",
+    "TEXTURES",
+    "WALL",
+    "Camera",
+    "ObjectClass",
+    "Primitive",
+    "Scene",
+    "SceneConfig",
+    "ScenesBenchmark",
+    "ScenesDataset",
+    "Surface",
+    "boundary_maps",
+    "cache_key",
+    "camera_rays",
+    "default_cache_dir",
+    "generate_split",
+    "intersect",
+    "intersect_room",
+    "load_arrays",
+    "render",
+    "render_index",
+    "sample_scene",
+    "save_arrays",
+    "surface_geometry",
+    "surface_of_face",
 ]

@@ -6,8 +6,8 @@ import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -21,8 +21,14 @@ GENERATOR_VERSION = 1
 
 def cache_key(config: SceneConfig, size: tuple[int, int], seed: int, split: str, count: int) -> str:
     """Hash of everything that determines a split's content (config, size, seed, split, count)."""
-    payload = {"version": GENERATOR_VERSION, "config": config.to_dict(), "size": list(size),
-               "seed": seed, "split": split, "count": count}
+    payload = {
+        "version": GENERATOR_VERSION,
+        "config": config.to_dict(),
+        "size": list(size),
+        "seed": seed,
+        "split": split,
+        "count": count,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -48,4 +54,3 @@ def load_arrays(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
     if len({len(a) for a in arrays.values()}) != 1:
         raise DataError("scenes cache is inconsistent: arrays of different lengths", path=path)
     return arrays
-

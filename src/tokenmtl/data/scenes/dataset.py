@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ def _target_tensor(task: str, value: np.ndarray) -> torch.Tensor:
     if task == "semseg":
         return torch.from_numpy(value.astype(np.int64))
     value = value.astype(np.float32)
-    if task == "normals":                                 # undo the float16 rounding of the length
+    if task == "normals":  # undo the float16 rounding of the length
         value /= np.maximum(np.sqrt(np.einsum("chw,chw->hw", value, value)), 1e-6)
     return torch.from_numpy(value)
 
@@ -77,20 +78,36 @@ class ScenesBenchmark:
     """
 
     name = "scenes"
-    available_tasks: tuple[str, ...] = ("semseg", "depth", "normals", "edge",
-                                        "occlusion_edge", "reshading", "curvature")
+    available_tasks: tuple[str, ...] = (
+        "semseg",
+        "depth",
+        "normals",
+        "edge",
+        "occlusion_edge",
+        "reshading",
+        "curvature",
+    )
     default_tasks: tuple[str, ...] = ("semseg", "depth", "normals", "edge")
     num_classes = NUM_CLASSES
     class_names = CLASS_NAMES
     edge_tolerance = 0.011
     """Edge matching tolerance as a fraction of the image diagonal, as NYUD-v2 uses (about 1 px at 64x64)."""
 
-    def __init__(self, root: str | os.PathLike | None = None, image_size: int | Sequence[int] = 64,
-                 seed: int = 0, train_size: int = 2000, val_size: int = 500, test_size: int = 500,
-                 scene: SceneConfig | Mapping[str, Any] | None = None,
-                 cache_dir: str | os.PathLike | None = None,
-                 tasks: Sequence[str] | None = None, flip: bool = False, workers: int | None = None,
-                 progress: bool = True):
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        image_size: int | Sequence[int] = 64,
+        seed: int = 0,
+        train_size: int = 2000,
+        val_size: int = 500,
+        test_size: int = 500,
+        scene: SceneConfig | Mapping[str, Any] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        tasks: Sequence[str] | None = None,
+        flip: bool = False,
+        workers: int | None = None,
+        progress: bool = True,
+    ):
         self.image_size = _as_size(image_size)
         self.seed = int(seed)
         self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
@@ -157,8 +174,15 @@ class ScenesBenchmark:
                 warnings.warn(f"{exc}; regenerating it", stacklevel=3)
         from tokenmtl.data import scenes  # the package's generate_split, so patching it there takes effect
 
-        arrays = scenes.generate_split(self.scene, self.image_size, self.seed, split, self.sizes[split],
-                                workers=self.workers, progress=self.progress)
+        arrays = scenes.generate_split(
+            self.scene,
+            self.image_size,
+            self.seed,
+            split,
+            self.sizes[split],
+            workers=self.workers,
+            progress=self.progress,
+        )
         save_arrays(path, arrays)
         return arrays
 
@@ -179,8 +203,7 @@ def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     else:
         size = tuple(int(s) for s in image_size)
     if len(size) != 2 or min(size) < 4:
-        raise ValueError(f"image_size must be an int or (height, width) of at least 4 pixels, "
-                         f"got {image_size!r}")
+        raise ValueError(f"image_size must be an int or (height, width) of at least 4 pixels, got {image_size!r}")
     return size  # type: ignore[return-value]
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 CLASS_NAMES: tuple[str, ...] = ("floor", "wall", "ball", "globe", "crate", "cabinet", "pillar", "drum")
 NUM_CLASSES = len(CLASS_NAMES)
@@ -19,12 +20,12 @@ class ObjectClass:
 
     name: str
     label: int
-    kind: str                          # "sphere", "box" or "cylinder"
+    kind: str  # "sphere", "box" or "cylinder"
     size_lo: tuple[float, float, float]  # half-extents (x, y, z); sphere: radius in [0]
     size_hi: tuple[float, float, float]
-    hue: float                         # in turns, [0, 1)
-    texture: str                       # one of TEXTURES
-    texture_freq: float                # pattern periods per metre
+    hue: float  # in turns, [0, 1)
+    texture: str  # one of TEXTURES
+    texture_freq: float  # pattern periods per metre
 
 
 OBJECT_CLASSES: tuple[ObjectClass, ...] = (
@@ -107,18 +108,25 @@ class SceneConfig:
             "edge_normal_threshold_deg": 0.0 < self.edge_normal_threshold_deg < 180.0,
         }
         allowed = {
-            "num_objects": "min >= 0", "color_noise": "in [0, 1]", "texture_noise": "in [0, 1]",
-            "noise_std": ">= 0", "depth_scale": "> 0", "ambient": "within [0, 1]",
-            "fov_deg": "within [10, 100]", "pitch_deg": "within [-30, 45]",
-            "yaw_deg": "within [-30, 30]", "camera_height": "within [0.3, 2.5] metres",
-            "edge_depth_threshold": "> 0", "edge_normal_threshold_deg": "in (0, 180)",
+            "num_objects": "min >= 0",
+            "color_noise": "in [0, 1]",
+            "texture_noise": "in [0, 1]",
+            "noise_std": ">= 0",
+            "depth_scale": "> 0",
+            "ambient": "within [0, 1]",
+            "fov_deg": "within [10, 100]",
+            "pitch_deg": "within [-30, 45]",
+            "yaw_deg": "within [-30, 30]",
+            "camera_height": "within [0.3, 2.5] metres",
+            "edge_depth_threshold": "> 0",
+            "edge_normal_threshold_deg": "in (0, 180)",
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"SceneConfig.{name} must be {allowed[name]}, got {getattr(self, name)!r}")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "SceneConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> SceneConfig:
         """Build from a (config-file) dict; unknown keys are an error listing the valid ones."""
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(values) - set(valid))
@@ -129,4 +137,3 @@ class SceneConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
-

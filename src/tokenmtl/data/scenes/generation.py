@@ -7,8 +7,9 @@ Image i of a split is image ``SPLIT_OFFSETS[split] + i`` of the seed's stream, a
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +21,14 @@ SPLIT_OFFSETS: dict[str, int] = {"train": 0, "val": 1_000_000_000, "test": 2_000
 """Global image index = offset + index in split, so the splits never share an image."""
 
 STORAGE_DTYPES: dict[str, Any] = {
-    "image": np.uint8, "semseg": np.uint8, "depth": np.float32, "normals": np.float16,
-    "edge": np.uint8, "occlusion_edge": np.uint8, "reshading": np.float16, "curvature": np.float16,
+    "image": np.uint8,
+    "semseg": np.uint8,
+    "depth": np.float32,
+    "normals": np.float16,
+    "edge": np.uint8,
+    "occlusion_edge": np.uint8,
+    "reshading": np.float16,
+    "curvature": np.float16,
     "face": np.uint16,
 }
 """On-disk dtype per array; channel-first (N, C, H, W); semseg and face (N, H, W)."""
@@ -41,8 +48,9 @@ def _to_storage(sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def _generate_chunk(config: SceneConfig, size: tuple[int, int], seed: int,
-                    indices: Sequence[int]) -> dict[str, np.ndarray]:
+def _generate_chunk(
+    config: SceneConfig, size: tuple[int, int], seed: int, indices: Sequence[int]
+) -> dict[str, np.ndarray]:
     """Render a list of global indices and stack them in storage layout."""
     samples = [_to_storage(render_index(config, size, seed, i)) for i in indices]
     return {key: np.stack([s[key] for s in samples]) for key in samples[0]}
@@ -50,12 +58,19 @@ def _generate_chunk(config: SceneConfig, size: tuple[int, int], seed: int,
 
 def _chunks(indices: np.ndarray, chunk_size: int) -> Iterator[np.ndarray]:
     for start in range(0, len(indices), chunk_size):
-        yield indices[start:start + chunk_size]
+        yield indices[start : start + chunk_size]
 
 
-def generate_split(config: SceneConfig, size: tuple[int, int], seed: int, split: str, count: int,
-                   workers: int | None = None, chunk_size: int = 100,
-                   progress: bool = True) -> dict[str, np.ndarray]:
+def generate_split(
+    config: SceneConfig,
+    size: tuple[int, int],
+    seed: int,
+    split: str,
+    count: int,
+    workers: int | None = None,
+    chunk_size: int = 100,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
     """Render ``count`` images of ``split`` (global indices offset per split) in storage layout.
 
     ``workers`` None: 2 processes when the split has at least 400 images and 2 cores exist (that
@@ -76,8 +91,9 @@ def generate_split(config: SceneConfig, size: tuple[int, int], seed: int, split:
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
-def _run_chunks(config: SceneConfig, size: tuple[int, int], seed: int, chunks: list[np.ndarray],
-                workers: int) -> Iterator[dict[str, np.ndarray]]:
+def _run_chunks(
+    config: SceneConfig, size: tuple[int, int], seed: int, chunks: list[np.ndarray], workers: int
+) -> Iterator[dict[str, np.ndarray]]:
     """Chunk results in order, rendered in this process or by a pool of ``workers`` processes."""
     if workers <= 1:
         for chunk in chunks:

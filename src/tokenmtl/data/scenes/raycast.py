@@ -38,7 +38,7 @@ def intersect_room(origin: np.ndarray, dirs: np.ndarray, room: np.ndarray) -> tu
 def intersect(prim: Primitive, origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     """Nearest hit distance t > 0 along each ray (inf on a miss); origin (3,) or (N, 3)."""
     rot = prim.rotation
-    o = (origin - prim.center) @ rot          # local frame: R^T (o - c), row-vector form
+    o = (origin - prim.center) @ rot  # local frame: R^T (o - c), row-vector form
     d = dirs @ rot
     if prim.kind == "sphere":
         return _intersect_sphere(o, d, prim.half[0])
@@ -57,7 +57,7 @@ def _intersect_sphere(o: np.ndarray, d: np.ndarray, radius: float) -> np.ndarray
     disc = b * b - a * c
     root = np.sqrt(np.maximum(disc, 0.0))
     t = (-b - root) / a
-    t = np.where(t > _EPS, t, (-b + root) / a)     # origin inside (shadow rays off the surface)
+    t = np.where(t > _EPS, t, (-b + root) / a)  # origin inside (shadow rays off the surface)
     return np.where((disc >= 0) & (t > _EPS), t, np.inf)
 
 
@@ -65,7 +65,7 @@ def _intersect_box(o: np.ndarray, d: np.ndarray, half: np.ndarray) -> np.ndarray
     with np.errstate(divide="ignore", invalid="ignore"):
         t1 = (-half - o) / d
         t2 = (half - o) / d
-    near, far = np.minimum(t1, t2), np.maximum(t1, t2)          # NaN (0/0) only on a slab plane
+    near, far = np.minimum(t1, t2), np.maximum(t1, t2)  # NaN (0/0) only on a slab plane
     t_near = np.fmax(np.fmax(near[:, 0], near[:, 1]), near[:, 2])
     t_far = np.fmin(np.fmin(far[:, 0], far[:, 1]), far[:, 2])
     t = np.where(t_near > _EPS, t_near, t_far)
@@ -93,8 +93,7 @@ def _intersect_cylinder(o: np.ndarray, d: np.ndarray, radius: float, half_height
     return best
 
 
-def surface_geometry(prim: Primitive,
-                     points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def surface_geometry(prim: Primitive, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Outward world normals (N, 3), principal curvatures (N, 2), local points and face index
     (sphere 0; box 2*axis + positive side; cylinder side 0, top 1, bottom 2) at hit points."""
     rot = prim.rotation
@@ -121,4 +120,3 @@ def surface_geometry(prim: Primitive,
         curvature[:, 0] = np.where(side, 1.0 / prim.half[0], 0.0)
         face = np.where(side, 0, np.where(local[:, 1] > 0, 1, 2))
     return normal @ rot.T, curvature, local, face
-

@@ -33,10 +33,14 @@ def _albedo(surface: Surface, local: np.ndarray) -> np.ndarray:
     return shade[:, None] * surface.color
 
 
-
-def render(scene: Scene, size: tuple[int, int], rng: np.random.Generator | None = None,
-           depth_scale: float = 1.0, edge_depth_threshold: float = 0.05,
-           edge_normal_threshold_deg: float = 30.0) -> dict[str, np.ndarray]:
+def render(
+    scene: Scene,
+    size: tuple[int, int],
+    rng: np.random.Generator | None = None,
+    depth_scale: float = 1.0,
+    edge_depth_threshold: float = 0.05,
+    edge_normal_threshold_deg: float = 30.0,
+) -> dict[str, np.ndarray]:
     """Ray-cast ``scene``: image (H, W, 3) in [0, 1] and every per-pixel target (see module doc).
 
     ``rng`` draws the sensor noise; None renders without noise.
@@ -63,8 +67,7 @@ def render(scene: Scene, size: tuple[int, int], rng: np.random.Generator | None 
     semseg = label.reshape(height, width)
     normals_img = normals_cam.reshape(height, width, 3)
     faces = face.reshape(height, width)
-    edge, occlusion = boundary_maps(semseg, depth, normals_img, faces, edge_depth_threshold,
-                                    edge_normal_threshold_deg)
+    edge, occlusion = boundary_maps(semseg, depth, normals_img, faces, edge_depth_threshold, edge_normal_threshold_deg)
     return {
         "image": np.clip(image, 0.0, 1.0).reshape(height, width, 3),
         "semseg": semseg,
@@ -78,13 +81,14 @@ def render(scene: Scene, size: tuple[int, int], rng: np.random.Generator | None 
     }
 
 
-def _shade_inputs(scene: Scene, points: np.ndarray, face: np.ndarray,
-                  hit_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _shade_inputs(
+    scene: Scene, points: np.ndarray, face: np.ndarray, hit_id: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """World normals, curvatures, albedo, class label and face id of every hit point."""
     n = len(points)
     normals = np.zeros((n, 3))
     axis = face // 2
-    normals[np.arange(n), axis] = np.where(face % 2 == 1, -1.0, 1.0)    # room faces point inwards
+    normals[np.arange(n), axis] = np.where(face % 2 == 1, -1.0, 1.0)  # room faces point inwards
     curvature = np.zeros((n, 2))
     albedo = np.zeros((n, 3))
     label = np.where(face == 2, FLOOR, WALL)
@@ -116,10 +120,8 @@ def _visibility(scene: Scene, starts: np.ndarray, lit: np.ndarray) -> np.ndarray
     return visible
 
 
-
 def render_index(config: SceneConfig, size: tuple[int, int], seed: int, index: int) -> dict[str, np.ndarray]:
     """Render global image ``index`` of the stream ``seed``: a pure function of its arguments."""
     rng = np.random.default_rng([seed, index])
     scene = sample_scene(rng, config)
-    return render(scene, size, rng, config.depth_scale, config.edge_depth_threshold,
-                  config.edge_normal_threshold_deg)
+    return render(scene, size, rng, config.depth_scale, config.edge_depth_threshold, config.edge_normal_threshold_deg)

@@ -7,7 +7,7 @@ GENERATOR_VERSION in cache.py).
 from __future__ import annotations
 
 import colorsys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,8 +32,12 @@ def _room_surfaces(rng: np.random.Generator, config: SceneConfig) -> tuple[Surfa
             texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
             looks.append(Surface(color, texture, rng.uniform(1.0, 4.0), rng.uniform(0.2, 0.5)))
         return looks[0], looks[1]
-    floor = Surface(_hsv(rng.uniform(0.05, 0.11), rng.uniform(0.25, 0.5), rng.uniform(0.45, 0.7)),
-                    "checker", rng.uniform(1.5, 2.5), rng.uniform(0.06, 0.18))
+    floor = Surface(
+        _hsv(rng.uniform(0.05, 0.11), rng.uniform(0.25, 0.5), rng.uniform(0.45, 0.7)),
+        "checker",
+        rng.uniform(1.5, 2.5),
+        rng.uniform(0.06, 0.18),
+    )
     wall = Surface(_hsv(rng.uniform(), rng.uniform(0.03, 0.15), rng.uniform(0.7, 0.9)))
     return floor, wall
 
@@ -51,8 +55,7 @@ def _object_surface(rng: np.random.Generator, cls: ObjectClass, config: SceneCon
     return Surface(color, texture, freq * rng.uniform(0.8, 1.25), rng.uniform(0.3, 0.55))
 
 
-def _place_objects(rng: np.random.Generator, config: SceneConfig, camera: Camera,
-                   room: np.ndarray) -> list[Primitive]:
+def _place_objects(rng: np.random.Generator, config: SceneConfig, camera: Camera, room: np.ndarray) -> list[Primitive]:
     """Objects standing on the floor in front of the camera, footprints not overlapping."""
     count = int(rng.integers(config.num_objects[0], config.num_objects[1] + 1))
     width, _, length = room
@@ -70,7 +73,7 @@ def _place_objects(rng: np.random.Generator, config: SceneConfig, camera: Camera
         surface = _object_surface(rng, cls, config)
         yaw = rng.uniform(0, 2 * np.pi)
         for _attempt in range(20):
-            z = cam_z + 1.2 + (length - 1.5 - cam_z) * rng.uniform() ** 1.5   # favour near objects
+            z = cam_z + 1.2 + (length - 1.5 - cam_z) * rng.uniform() ** 1.5  # favour near objects
             x = cam_x + (z - cam_z) * np.tan(heading + 0.8 * half_fov * rng.uniform(-1, 1))
             prim = Primitive(cls.kind, np.array([x, half[1], z]), half, yaw, cls.label, surface)
             if _fits(prim, placed, width, length):
@@ -92,13 +95,22 @@ def sample_scene(rng: np.random.Generator, config: SceneConfig) -> Scene:
     """Draw a random room, camera, light and object set from ``config``'s distribution."""
     room = np.array([rng.uniform(4.5, 6.0), rng.uniform(2.6, 3.2), rng.uniform(5.5, 8.0)])
     position = [rng.uniform(-0.6, 0.6), _uniform(rng, config.camera_height), rng.uniform(0.2, 0.8)]
-    camera = Camera.looking(position, _uniform(rng, config.yaw_deg), _uniform(rng, config.pitch_deg),
-                            _uniform(rng, config.fov_deg))
+    camera = Camera.looking(
+        position, _uniform(rng, config.yaw_deg), _uniform(rng, config.pitch_deg), _uniform(rng, config.fov_deg)
+    )
     floor, wall = _room_surfaces(rng, config)
     objects = _place_objects(rng, config, camera, room)
     elevation, azimuth = rng.uniform(np.radians(35), np.radians(75)), rng.uniform(0, 2 * np.pi)
-    light = np.array([np.cos(elevation) * np.sin(azimuth), np.sin(elevation),
-                      np.cos(elevation) * np.cos(azimuth)])
-    return Scene(camera, room, floor, wall, objects, light, _uniform(rng, config.ambient),
-                 config.noise_std, config.shadows, rng.uniform(1.0, 1.3))
-
+    light = np.array([np.cos(elevation) * np.sin(azimuth), np.sin(elevation), np.cos(elevation) * np.cos(azimuth)])
+    return Scene(
+        camera,
+        room,
+        floor,
+        wall,
+        objects,
+        light,
+        _uniform(rng, config.ambient),
+        config.noise_std,
+        config.shadows,
+        rng.uniform(1.0, 1.3),
+    )

@@ -5,8 +5,8 @@ Conventions: world x right, y up (floor at y = 0), z into the room; lengths in m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ class Camera:
     fov_deg: float
 
     @classmethod
-    def looking(cls, position: Sequence[float], yaw_deg: float, pitch_deg: float, fov_deg: float) -> "Camera":
+    def looking(cls, position: Sequence[float], yaw_deg: float, pitch_deg: float, fov_deg: float) -> Camera:
         """Camera turned by ``yaw`` about the vertical and tilted down by ``pitch``."""
         yaw, pitch = np.radians(yaw_deg), np.radians(pitch_deg)
         forward = np.array([np.sin(yaw) * np.cos(pitch), -np.sin(pitch), np.cos(yaw) * np.cos(pitch)])
@@ -51,7 +51,7 @@ class Primitive:
 
     kind: str
     center: np.ndarray
-    half: np.ndarray                   # sphere: (r, r, r); cylinder: (r, h/2, r)
+    half: np.ndarray  # sphere: (r, r, r); cylinder: (r, h/2, r)
     yaw: float
     label: int
     surface: Surface
@@ -75,13 +75,12 @@ class Scene:
     """Everything needed to render one image."""
 
     camera: Camera
-    room: np.ndarray                   # (width, height, length): x in [-w/2, w/2], y in [0, h], z in [0, l]
+    room: np.ndarray  # (width, height, length): x in [-w/2, w/2], y in [0, h], z in [0, l]
     floor: Surface
     wall: Surface
     objects: list[Primitive]
-    light: np.ndarray                  # unit vector towards the light (world)
+    light: np.ndarray  # unit vector towards the light (world)
     ambient: float
     noise_std: float
     shadows: bool = True
     exposure: float = 1.0
-

@@ -37,15 +37,23 @@ def surface_of_face(faces: np.ndarray) -> np.ndarray:
     return np.where(faces < 6, 0, (faces - 6) // 6 + 1)
 
 
-def boundary_maps(labels: np.ndarray, depth: np.ndarray, normals: np.ndarray, faces: np.ndarray,
-                  depth_threshold: float, normal_threshold_deg: float) -> tuple[np.ndarray, np.ndarray]:
+def boundary_maps(
+    labels: np.ndarray,
+    depth: np.ndarray,
+    normals: np.ndarray,
+    faces: np.ndarray,
+    depth_threshold: float,
+    normal_threshold_deg: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """(edge, occlusion_edge) bool (H, W) maps by the right/bottom-neighbour rule of the module doc."""
     edge = np.zeros(depth.shape, dtype=bool)
     occlusion = np.zeros(depth.shape, dtype=bool)
     surfaces = surface_of_face(faces)
     cos_limit = np.cos(np.radians(normal_threshold_deg))
-    for here, there in (((slice(None), slice(0, -1)), (slice(None), slice(1, None))),
-                        ((slice(0, -1), slice(None)), (slice(1, None), slice(None)))):
+    for here, there in (
+        ((slice(None), slice(0, -1)), (slice(None), slice(1, None))),
+        ((slice(0, -1), slice(None)), (slice(1, None), slice(None))),
+    ):
         d1, d2 = depth[here], depth[there]
         jump = np.abs(d1 - d2) > depth_threshold * np.minimum(d1, d2)
         occluding = (surfaces[here] != surfaces[there]) & jump
