@@ -1,5 +1,6 @@
 """Conflict analysis of an expanded model (docs/method.md, "Conflicts in an expanded model"): the
 paper's Table 14 question, after training, on the model that TM/TE changed."""
+
 import copy
 import json
 
@@ -21,16 +22,28 @@ D, B, N, DEPTH = 16, 4, 16, 3  # 16x16 images, 4x4 patches: 16 patch tokens + th
 
 def tiny_model(seed=0):
     torch.manual_seed(seed)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16,
-                            patch_size=4, depth=DEPTH, embed_dim=D, num_heads=2)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        img_size=16,
+        patch_size=4,
+        depth=DEPTH,
+        embed_dim=D,
+        num_heads=2,
+    )
     return MultiTaskModel(TimmViTAdapter(vit), {t: DenseHead(D, c, 8) for t, c in TASKS.items()}).double()
 
 
 def tiny_batches(n=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [{"image": torch.randn(B, 3, 16, 16, generator=g, dtype=torch.float64),
-             **{t: torch.randn(B, c, 16, 16, generator=g, dtype=torch.float64) for t, c in TASKS.items()}}
-            for _ in range(n)]
+    return [
+        {
+            "image": torch.randn(B, 3, 16, 16, generator=g, dtype=torch.float64),
+            **{t: torch.randn(B, c, 16, 16, generator=g, dtype=torch.float64) for t, c in TASKS.items()},
+        }
+        for _ in range(n)
+    ]
 
 
 def loss_fn(outputs, batch):
@@ -53,8 +66,18 @@ def perturb_tm(model, seed=1):
 
 
 def fields(report):
-    return [(lr.layer, lr.k, lr.range_conflict_rate, lr.null_conflict_rate, lr.range_mean_cosine,
-             lr.null_mean_cosine, lr.pairs_counted) for lr in report.layers]
+    return [
+        (
+            lr.layer,
+            lr.k,
+            lr.range_conflict_rate,
+            lr.null_conflict_rate,
+            lr.range_mean_cosine,
+            lr.null_mean_cosine,
+            lr.pairs_counted,
+        )
+        for lr in report.layers
+    ]
 
 
 @pytest.mark.parametrize("tm", [[1], [0, 2]])
@@ -67,8 +90,8 @@ def test_identity_token_modulation_gives_exactly_the_unexpanded_report(tm):
     assert [lr.streams for lr in after.layers] == [1 if l < tm[0] else 3 for l in range(DEPTH)]
     assert after.num_tokens == before.num_tokens == 2 * B * (N + 1)
     for got, want in zip(fields(after), fields(before)):
-        assert got[:2] == want[:2] and got[-1] == want[-1]          # layer, k, pairs counted
-        assert got[2:-1] == pytest.approx(want[2:-1], abs=1e-12)     # rates and mean cosines
+        assert got[:2] == want[:2] and got[-1] == want[-1]  # layer, k, pairs counted
+        assert got[2:-1] == pytest.approx(want[2:-1], abs=1e-12)  # rates and mean cosines
     for got, want in zip(after.layers, before.layers):
         assert got.eigenvalues == pytest.approx(want.eigenvalues, rel=1e-12, abs=1e-15)
     assert 0 < sum(lr.range_conflict_rate for lr in after.layers)
@@ -81,9 +104,12 @@ def test_perturbed_token_modulation_changes_the_report():
     identity = analyze(model, batches, loss_fn, r=10.0, progress=False)
     perturb_tm(model)
     moved = analyze(model, batches, loss_fn, r=10.0, progress=False)
-    changed = [a.layer for a, b in zip(identity.layers, moved.layers)
-               if (a.range_conflict_rate, a.null_conflict_rate, a.range_mean_cosine)
-               != (b.range_conflict_rate, b.null_conflict_rate, b.range_mean_cosine)]
+    changed = [
+        a.layer
+        for a, b in zip(identity.layers, moved.layers)
+        if (a.range_conflict_rate, a.null_conflict_rate, a.range_mean_cosine)
+        != (b.range_conflict_rate, b.null_conflict_rate, b.range_mean_cosine)
+    ]
     assert 1 in changed and 2 in changed
     assert moved.layers[1].eigenvalues != pytest.approx(identity.layers[1].eigenvalues, rel=1e-6)
     assert moved.layers[0].eigenvalues == pytest.approx(identity.layers[0].eigenvalues, rel=1e-12)  # before TM
@@ -102,8 +128,10 @@ def reference_report(model, batches, r):
     for batch in batches:
         for t, task in enumerate(tasks):
             inputs = []
-            hooks = [block.register_forward_pre_hook(lambda mod, args: inputs.append(args[0]) or None)
-                     for block in model.encoder.blocks]
+            hooks = [
+                block.register_forward_pre_hook(lambda mod, args: inputs.append(args[0]) or None)
+                for block in model.encoder.blocks
+            ]
             out = model(batch["image"])
             for h in hooks:
                 h.remove()
@@ -113,10 +141,10 @@ def reference_report(model, batches, r):
             for l, x in enumerate(inputs):
                 rows = x.shape[0]
                 if t == 0:
-                    covs[l].update(x.detach()[:, :N + 1])
-                g = x.grad[:, :N + 1]
+                    covs[l].update(x.detach()[:, : N + 1])
+                g = x.grad[:, : N + 1]
                 if rows == T * B:
-                    g = g[t * B:(t + 1) * B]
+                    g = g[t * B : (t + 1) * B]
                 grads[l][t].append(g.reshape(-1, D))
             model.zero_grad()
     counts = []
@@ -141,9 +169,11 @@ def test_token_expansion_report_follows_the_definition_by_hand():
         assert lr.k == space.k
         assert lr.eigenvalues == pytest.approx(space.eigenvalues.tolist(), rel=1e-9, abs=1e-12)
         assert (lr.range_conflict_rate, lr.null_conflict_rate) == pytest.approx(
-            (counts.range_rate, counts.null_rate), abs=1e-12)
+            (counts.range_rate, counts.null_rate), abs=1e-12
+        )
         assert (lr.range_mean_cosine, lr.null_mean_cosine) == pytest.approx(
-            (counts.range_mean_cosine, counts.null_mean_cosine), abs=1e-9)
+            (counts.range_mean_cosine, counts.null_mean_cosine), abs=1e-9
+        )
     again = ConflictReport.from_json(report.to_json())
     assert again.layers[1].streams == 3 and again.plan == report.plan
 
@@ -159,16 +189,28 @@ def test_recon_split_model_is_analysed_on_its_streams():
 
 def test_cli_analyze_of_a_dtme_run_folder(tmp_path, tiny_sets):
     runner = CliRunner()
-    sets = [a for s in tiny_sets + ["tasks=[depth,edge]", "dtme.num_batches=1", "dtme.expand_at=0.5",
-                                    "train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2"]
-            for a in ("--set", s)]
-    result = runner.invoke(app, ["train", "demo", "--out", str(tmp_path / "run"), "--dtme", *sets],
-                           catch_exceptions=False)
+    sets = [
+        a
+        for s in tiny_sets
+        + [
+            "tasks=[depth,edge]",
+            "dtme.num_batches=1",
+            "dtme.expand_at=0.5",
+            "train.iterations=2",
+            "train.eval_every=2",
+            "train.checkpoint_every=2",
+        ]
+        for a in ("--set", s)
+    ]
+    result = runner.invoke(
+        app, ["train", "demo", "--out", str(tmp_path / "run"), "--dtme", *sets], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     run_plan = json.loads((tmp_path / "run" / "results.json").read_text())["dtme"]
     out = tmp_path / "after"
-    result = runner.invoke(app, ["analyze", str(tmp_path / "run"), "--out", str(out), "--num-batches", "2"],
-                           catch_exceptions=False)
+    result = runner.invoke(
+        app, ["analyze", str(tmp_path / "run"), "--out", str(out), "--num-batches", "2"], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     report = ConflictReport.from_json(out / "conflicts.json")
     assert report.plan["tm"] == run_plan["tm"] and report.plan["te"] == run_plan["te"]

@@ -24,26 +24,26 @@ that records what enters each block, so an expanded model is analysed as it comp
 - With identity Token Modulation (W=1, b=0) and no other edit, every slice is the shared stream
   and every report is the unexpanded model's (tests/test_dtme_after_training.py).
 """
+
 from __future__ import annotations
 
 import json
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
-
-from tokenmtl.engine.task_gradients import TaskGradients, looped_task_gradients
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from tokenmtl.dtme.conflicts import ConflictCounts, conflict_counts
 from tokenmtl.dtme.token_space import TokenCovariance, TokenSpace, split_token_space
+from tokenmtl.engine.task_gradients import TaskGradients, looped_task_gradients
 
 LossFn = Callable[[Mapping[str, torch.Tensor], Any], Mapping[str, torch.Tensor]]
 Reduce = Callable[[torch.Tensor], Any]
@@ -75,11 +75,11 @@ class ConflictReport:
     r: float
     energy_fraction: float | None
     num_batches: int
-    num_tokens: float                       # tokens counted per stream (all streams of a layer: x streams)
+    num_tokens: float  # tokens counted per stream (all streams of a layer: x streams)
     exclude_prefix: bool
     timings: dict[str, float] = field(default_factory=dict)
-    fork: int | None = None                 # first block with per-task streams (None: one shared stream)
-    plan: dict[str, Any] | None = None      # the DTME plan the analysed model carries (None: unexpanded)
+    fork: int | None = None  # first block with per-task streams (None: one shared stream)
+    plan: dict[str, Any] | None = None  # the DTME plan the analysed model carries (None: unexpanded)
 
     def layer(self, index: int) -> LayerReport:
         """The report of block `index`."""
@@ -92,7 +92,7 @@ class ConflictReport:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ConflictReport":
+    def from_dict(cls, data: Mapping[str, Any]) -> ConflictReport:
         data = dict(data)
         data["layers"] = [LayerReport(**lr) for lr in data["layers"]]
         return cls(**data)
@@ -105,7 +105,7 @@ class ConflictReport:
         return text
 
     @classmethod
-    def from_json(cls, text_or_path: str | Path) -> "ConflictReport":
+    def from_json(cls, text_or_path: str | Path) -> ConflictReport:
         """Read a report from JSON text or a file path."""
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):
@@ -123,8 +123,7 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _token_mask(encoder: nn.Module, tokens: torch.Tensor, ctx: Any,
-                exclude_prefix: bool) -> torch.Tensor | None:
+def _token_mask(encoder: nn.Module, tokens: torch.Tensor, ctx: Any, exclude_prefix: bool) -> torch.Tensor | None:
     """(B, N) bool of tokens to count: the adapter's valid tokens (no padding), minus prefix tokens."""
     mask_fn = getattr(encoder, "token_mask", None)
     mask = mask_fn(ctx) if mask_fn is not None else None
@@ -148,8 +147,7 @@ def analysis_mode(model: nn.Module) -> Iterator[nn.Module]:
     """
     modes = [(module, module.training) for module in model.modules()]
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
-    saved = [(m, {name: buf.detach().clone() for name, buf in m.named_buffers(recurse=False)})
-             for m in norms]
+    saved = [(m, {name: buf.detach().clone() for name, buf in m.named_buffers(recurse=False)}) for m in norms]
     model.eval()
     for m in norms:
         m.train()
@@ -179,11 +177,22 @@ def fixed_order(loader: Iterable, num_batches: int | None = None) -> Iterable:
         order = {"sampler": list(islice(loader.sampler, num_batches)), "batch_size": None}
     workers: dict[str, Any] = {}
     if loader.num_workers > 0:
-        workers = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers,
-                   "multiprocessing_context": loader.multiprocessing_context,
-                   "worker_init_fn": loader.worker_init_fn, "timeout": loader.timeout}
-    return DataLoader(loader.dataset, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                      pin_memory=loader.pin_memory, generator=loader.generator, **order, **workers)
+        workers = {
+            "prefetch_factor": loader.prefetch_factor,
+            "persistent_workers": loader.persistent_workers,
+            "multiprocessing_context": loader.multiprocessing_context,
+            "worker_init_fn": loader.worker_init_fn,
+            "timeout": loader.timeout,
+        }
+    return DataLoader(
+        loader.dataset,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        generator=loader.generator,
+        **order,
+        **workers,
+    )
 
 
 def batch_fingerprint(batch: Any) -> int:
@@ -283,8 +292,10 @@ class _RecordingTrunk(nn.Module):
         except _Enough:
             streams = {}
         if len(self.recorder.captured) != len(self.layers):
-            raise RuntimeError(f"the trunk ran {len(self.recorder.captured)} of the {len(self.layers)} analysed "
-                               "blocks; analyze needs a trunk that runs every block through encoder.run_block")
+            raise RuntimeError(
+                f"the trunk ran {len(self.recorder.captured)} of the {len(self.layers)} analysed "
+                "blocks; analyze needs a trunk that runs every block through encoder.run_block"
+            )
         return streams
 
     def record(self, model: nn.Module, inputs: Any, tasks: list[str]) -> list[torch.Tensor]:
@@ -328,8 +339,10 @@ def _streams(captured: torch.Tensor, batch: int, num_tasks: int, layer: int) -> 
         return 1
     if rows == batch * num_tasks:
         return num_tasks
-    raise ValueError(f"block {layer} receives {rows} rows for a batch of {batch} and {num_tasks} tasks; "
-                     "analyze understands a shared stream (B rows) or task-major folded streams (T*B rows)")
+    raise ValueError(
+        f"block {layer} receives {rows} rows for a batch of {batch} and {num_tasks} tasks; "
+        "analyze understands a shared stream (B rows) or task-major folded streams (T*B rows)"
+    )
 
 
 def _own_slices(grad: torch.Tensor, streams: int, num_tokens: int) -> torch.Tensor:
@@ -344,8 +357,9 @@ def _own_slices(grad: torch.Tensor, streams: int, num_tokens: int) -> torch.Tens
     return folded[index, index]
 
 
-def _task_gradients(losses: torch.Tensor, inputs: list[torch.Tensor], output: torch.Tensor,
-                    batched: bool) -> list[torch.Tensor]:
+def _task_gradients(
+    losses: torch.Tensor, inputs: list[torch.Tensor], output: torch.Tensor, batched: bool
+) -> list[torch.Tensor]:
     """dL_t/dX for every input X, stacked over tasks: a list of (T, *X.shape).
 
     Two steps: dL_t/dZ at the trunk output Z through task t's head only (T cheap passes), then
@@ -415,8 +429,10 @@ def analyze(
     if not layers or layers[0] < 0 or layers[-1] >= num_blocks:
         raise ValueError(f"layers must be block indices in 0..{num_blocks - 1}; got {layers}")
     if isinstance(loader, Iterator):
-        raise TypeError("analyze iterates the loader twice; pass a re-iterable loader (a DataLoader or a "
-                        f"list), not a one-shot iterator ({type(loader).__name__})")
+        raise TypeError(
+            "analyze iterates the loader twice; pass a re-iterable loader (a DataLoader or a "
+            f"list), not a one-shot iterator ({type(loader).__name__})"
+        )
     if num_batches is not None and num_batches < 1:
         raise ValueError(f"num_batches must be >= 1 or None (whole loader); got {num_batches}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -453,7 +469,8 @@ def analyze(
         covariance_s = time.perf_counter() - start
         start = time.perf_counter()
         spaces: dict[int, TokenSpace] = {
-            l: split_token_space(cov, r=r, energy_fraction=energy_fraction) for l, cov in covs.items()}
+            l: split_token_space(cov, r=r, energy_fraction=energy_fraction) for l, cov in covs.items()
+        }
         eigh_s = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -466,7 +483,8 @@ def analyze(
                         f"the loader yielded a different batch {again} in the conflict pass than in the "
                         "covariance pass; analyze needs the same batches in both: pass a loader with a "
                         "fixed order and no random augmentation (a DataLoader over a map-style dataset "
-                        "is fixed automatically)")
+                        "is fixed automatically)"
+                    )
                 again += 1
                 batch = _to_device(batch, device)
                 with torch.enable_grad():
@@ -474,8 +492,7 @@ def analyze(
                     loss_dict = loss_fn(outputs, batch)
                     missing = [t for t in tasks if t not in loss_dict]
                     if missing:
-                        raise KeyError(f"loss_fn returned no loss for tasks {missing}; "
-                                       f"got {sorted(loss_dict)}")
+                        raise KeyError(f"loss_fn returned no loss for tasks {missing}; got {sorted(loss_dict)}")
                     losses = torch.stack([loss_dict[t].reshape(()) for t in tasks])
                     if not losses.requires_grad:
                         raise ValueError("the task losses do not depend on the model (no gradient)")
@@ -483,12 +500,14 @@ def analyze(
                 num_tokens = rec.tokens.shape[1]
                 mask = _token_mask(encoder, rec.tokens, rec.ctx, exclude_prefix)
                 for l, g in zip(layers, grads):
-                    g = _own_slices(g.detach(), streams[l], num_tokens)           # (T, B, N, D)
+                    g = _own_slices(g.detach(), streams[l], num_tokens)  # (T, B, N, D)
                     g = g.reshape(len(tasks), -1, g.shape[-1]) if mask is None else g[:, mask]
                     counts[l].add(conflict_counts(g, spaces[l]))
         if again != seen:
-            raise ValueError(f"the loader yielded {again} batches in the conflict pass but {seen} in the "
-                             "covariance pass; analyze needs the same batches in both passes")
+            raise ValueError(
+                f"the loader yielded {again} batches in the conflict pass but {seen} in the "
+                "covariance pass; analyze needs the same batches in both passes"
+            )
         if reduce is not None:
             for c in counts.values():
                 reduce(c.values)
@@ -496,21 +515,36 @@ def analyze(
 
     layer_reports = [
         LayerReport(
-            layer=l, dim=spaces[l].dim, k=spaces[l].k,
-            range_conflict_rate=counts[l].range_rate, null_conflict_rate=counts[l].null_rate,
-            range_mean_cosine=counts[l].range_mean_cosine, null_mean_cosine=counts[l].null_mean_cosine,
-            pairs_counted=counts[l].pairs, eigenvalues=[float(v) for v in spaces[l].eigenvalues],
+            layer=l,
+            dim=spaces[l].dim,
+            k=spaces[l].k,
+            range_conflict_rate=counts[l].range_rate,
+            null_conflict_rate=counts[l].null_rate,
+            range_mean_cosine=counts[l].range_mean_cosine,
+            null_mean_cosine=counts[l].null_mean_cosine,
+            pairs_counted=counts[l].pairs,
+            eigenvalues=[float(v) for v in spaces[l].eigenvalues],
             streams=streams[l],
         )
         for l in layers
     ]
     plan = plan_of(model)
     return ConflictReport(
-        tasks=tasks, num_blocks=num_blocks, layers=layer_reports, r=float(r),
-        energy_fraction=energy_fraction, num_batches=seen,
-        num_tokens=float(covs[layers[0]].count) / streams[layers[0]], exclude_prefix=exclude_prefix,
-        timings={"covariance_s": covariance_s, "eigh_s": eigh_s, "conflicts_s": conflicts_s,
-                 "covariance_eigh_s": covariance_s + eigh_s,
-                 "conflicts_per_batch_s": conflicts_s / seen},
-        fork=getattr(model.trunk, "fork", None), plan=None if plan is None else plan.to_dict(),
+        tasks=tasks,
+        num_blocks=num_blocks,
+        layers=layer_reports,
+        r=float(r),
+        energy_fraction=energy_fraction,
+        num_batches=seen,
+        num_tokens=float(covs[layers[0]].count) / streams[layers[0]],
+        exclude_prefix=exclude_prefix,
+        timings={
+            "covariance_s": covariance_s,
+            "eigh_s": eigh_s,
+            "conflicts_s": conflicts_s,
+            "covariance_eigh_s": covariance_s + eigh_s,
+            "conflicts_per_batch_s": conflicts_s / seen,
+        },
+        fork=getattr(model.trunk, "fork", None),
+        plan=None if plan is None else plan.to_dict(),
     )

@@ -4,11 +4,13 @@
 Neither builds an optimizer; evaluation never builds the training split, and analysis reads only
 the un-augmented training batches it analyses.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tokenmtl.config import Config
 from tokenmtl.engine.checkpoint import load_checkpoint
@@ -18,8 +20,9 @@ from tokenmtl.engine.run import Run, build_run, load_weights, run_config
 from tokenmtl.fileio import atomic_write_text
 
 
-def checkpoint_and_config(target: str | Path | Mapping[str, Any], checkpoint: str | Path | None = None,
-                          overrides: list[str] | None = None) -> tuple[dict[str, Any] | None, Config]:
+def checkpoint_and_config(
+    target: str | Path | Mapping[str, Any], checkpoint: str | Path | None = None, overrides: list[str] | None = None
+) -> tuple[dict[str, Any] | None, Config]:
     """(checkpoint state or None, config) from a run folder (its newest good checkpoint, unless
     `checkpoint` names one, and the config it was trained with) or from a config + `checkpoint`."""
     from tokenmtl.config import load_config
@@ -45,16 +48,22 @@ def load_run(state: Mapping[str, Any] | None, cfg: Config, need_train: bool = Fa
     return run
 
 
-def evaluate_checkpoint(target: str | Path | Mapping[str, Any], checkpoint: str | Path | None = None,
-                        split: str = "test", out: str | Path | None = None, overrides: list[str] | None = None,
-                        progress: bool = False) -> dict[str, Any]:
+def evaluate_checkpoint(
+    target: str | Path | Mapping[str, Any],
+    checkpoint: str | Path | None = None,
+    split: str = "test",
+    out: str | Path | None = None,
+    overrides: list[str] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Metrics of a checkpoint on `split` as results.json content (written to `out`/results.json)."""
     state, cfg = checkpoint_and_config(target, checkpoint, overrides)
     if state is None:
         raise ValueError("evaluate needs a checkpoint: give a run folder, or a config and --checkpoint")
     run = load_run(state, cfg, progress=progress)
-    metrics = evaluate_model(run.model, run.eval_loader(split), run.specs, run.device, progress=progress,
-                             desc=f"eval {split}")
+    metrics = evaluate_model(
+        run.model, run.eval_loader(split), run.specs, run.device, progress=progress, desc=f"eval {split}"
+    )
     results = build_results(run, metrics, split, {"iterations": int(state["step"])}, state.get("edit_step"))
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -62,9 +71,14 @@ def evaluate_checkpoint(target: str | Path | Mapping[str, Any], checkpoint: str 
     return results
 
 
-def analyze_checkpoint(target: str | Path | Mapping[str, Any], checkpoint: str | Path | None = None,
-                       out: str | Path | None = None, overrides: list[str] | None = None,
-                       num_batches: int | None = None, progress: bool = False) -> tuple[Any, Any]:
+def analyze_checkpoint(
+    target: str | Path | Mapping[str, Any],
+    checkpoint: str | Path | None = None,
+    out: str | Path | None = None,
+    overrides: list[str] | None = None,
+    num_batches: int | None = None,
+    progress: bool = False,
+) -> tuple[Any, Any]:
     """Token-space conflict report and DTME plan of a checkpoint (or a fresh model of the config);
     writes conflicts.json, plan.json and plots into `out`. Same function as training's analysis.
 
@@ -78,5 +92,13 @@ def analyze_checkpoint(target: str | Path | Mapping[str, Any], checkpoint: str |
     if state is not None and cfg.tasks is not None and state.get("tasks") not in (None, cfg.tasks):
         raise ValueError(f"checkpoint tasks {state.get('tasks')} differ from the config's {cfg.tasks}")
     run = load_run(state, cfg, progress=progress)
-    return analyse_and_plan(run.model, run.analysis_loader(), run.loss_fn, cfg.dtme, device=run.device,
-                            out=Path(out) if out is not None else None, progress=progress, num_batches=num_batches)
+    return analyse_and_plan(
+        run.model,
+        run.analysis_loader(),
+        run.loss_fn,
+        cfg.dtme,
+        device=run.device,
+        out=Path(out) if out is not None else None,
+        progress=progress,
+        num_batches=num_batches,
+    )

@@ -4,11 +4,13 @@
 The added parameters train in their own optimizer group (x `dtme.lr_mult`, no weight decay: TM
 scales start at 1 and TE tokens are learned embeddings; decay would pull them to 0).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -16,9 +18,18 @@ from torch import nn
 from tokenmtl.engine.edits import EditContext, EditResult, ModelEdit
 
 
-def analyse_and_plan(model: nn.Module, loader: Any, loss_fn: Callable, dtme: Mapping[str, Any], *,
-                     device: Any = None, out: Path | None = None, progress: bool = False,
-                     reduce_sum: Callable | None = None, num_batches: int | None = None) -> tuple[Any, Any]:
+def analyse_and_plan(
+    model: nn.Module,
+    loader: Any,
+    loss_fn: Callable,
+    dtme: Mapping[str, Any],
+    *,
+    device: Any = None,
+    out: Path | None = None,
+    progress: bool = False,
+    reduce_sum: Callable | None = None,
+    num_batches: int | None = None,
+) -> tuple[Any, Any]:
     """Token-space conflict report and expansion plan of `model` on `loader` (settings: the `dtme`
     config section); writes conflicts.json, plan.json and the two plots into `out` when given.
 
@@ -28,14 +39,31 @@ def analyse_and_plan(model: nn.Module, loader: Any, loss_fn: Callable, dtme: Map
     from tokenmtl.dtme.expand import plan_of
     from tokenmtl.report.dtme_plots import plot_conflicts, plot_spectra
 
-    report = analyze(model, loader, loss_fn, device=device,
-                     num_batches=dtme["num_batches"] if num_batches is None else num_batches,
-                     r=float(dtme["r"]), energy_fraction=dtme["energy_fraction"], progress=progress,
-                     reduce=reduce_sum)
+    report = analyze(
+        model,
+        loader,
+        loss_fn,
+        device=device,
+        num_batches=dtme["num_batches"] if num_batches is None else num_batches,
+        r=float(dtme["r"]),
+        energy_fraction=dtme["energy_fraction"],
+        progress=progress,
+        reduce=reduce_sum,
+    )
     existing = plan_of(model)
-    plan = existing if existing is not None else make_plan(
-        report, ratio=float(dtme["ratio"]), strategy=dtme["strategy"], seed=int(dtme["seed"]), mode=dtme["mode"],
-        num_tokens=int(dtme["num_tokens"]), modulator=dtme["modulator"])
+    plan = (
+        existing
+        if existing is not None
+        else make_plan(
+            report,
+            ratio=float(dtme["ratio"]),
+            strategy=dtme["strategy"],
+            seed=int(dtme["seed"]),
+            mode=dtme["mode"],
+            num_tokens=int(dtme["num_tokens"]),
+            modulator=dtme["modulator"],
+        )
+    )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         report.to_json(out / "conflicts.json")
@@ -76,7 +104,7 @@ class DTMEEdit(ModelEdit):
         self.report = None
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], balancer: Any, earlier: list[ModelEdit]) -> "DTMEEdit | None":
+    def from_config(cls, cfg: Mapping[str, Any], balancer: Any, earlier: list[ModelEdit]) -> DTMEEdit | None:
         dtme = cfg["dtme"]
         if not dtme["enabled"]:
             return None
@@ -86,11 +114,21 @@ class DTMEEdit(ModelEdit):
     def apply(self, ctx: EditContext) -> EditResult:
         start = time.perf_counter()
         self.report, self.plan = analyse_and_plan(
-            ctx.model, ctx.analysis_loader(), ctx.loss_fn, self.settings, device=ctx.device,
-            out=ctx.out if ctx.is_main else None, progress=ctx.progress, reduce_sum=ctx.reduce_sum)
+            ctx.model,
+            ctx.analysis_loader(),
+            ctx.loss_fn,
+            self.settings,
+            device=ctx.device,
+            out=ctx.out if ctx.is_main else None,
+            progress=ctx.progress,
+            reduce_sum=ctx.reduce_sum,
+        )
         result = self._install(ctx.model, self.plan, self.settings)
-        result.scalars = {"seconds": time.perf_counter() - start, "tm_layers": len(self.plan.tm),
-                          "te_layers": len(self.plan.te)}
+        result.scalars = {
+            "seconds": time.perf_counter() - start,
+            "tm_layers": len(self.plan.tm),
+            "te_layers": len(self.plan.te),
+        }
         return result
 
     @staticmethod
