@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tokenmtl demo --out runs/demo
+	$(VENV)/bin/tokenmtl demo --out runs/demo --set train.iterations=150 --set benchmark.max_samples=8000
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from tokenmtl.config import load_config, read_yaml
-from tokenmtl.dtme.plan import num_selected
 from tokenmtl.report.settings import settings_hash
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dtme_evidence.py"
@@ -61,7 +60,7 @@ def test_dry_run_plans_variants_seeds_and_one_budget(evidence, tmp_path, tiny_se
         assert (cfg["train"]["iterations"], dtme) == ((6, True) if variant == "mt-ew-empty-plan" else (8, False))
         assert evidence.dtme_iterations(cfg) == 8 or not dtme
     control = configs[("mt-ew-empty-plan", 0)]
-    assert control["dtme"]["enabled"] and num_selected(float(control["dtme"]["ratio"]), 2) == 0
+    assert control["dtme"]["enabled"] and control["dtme"]["mode"] == "none"  # the empty-plan control
 
 
 def test_unknown_variant_or_bad_seeds_are_one_line_errors(evidence, tmp_path, capsys):

@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +25,7 @@ from torch.utils.data import Dataset
 
 from tokenmtl.data.debian_index import PackageRecord, parse_records, read_index
 from tokenmtl.data.errors import DataError
+from tokenmtl.fileio import atomic_open
 
 CACHE_VERSION = 1
 """Bumped whenever the processing changes, so caches written by older code are never reused."""
@@ -263,17 +263,9 @@ def _size_targets(table: dict, by_split: Mapping[str, list[PackageRecord]]) -> t
 
 
 def save_json_atomic(path: Path, content: Any, indent: int | None = None) -> None:
-    """Write JSON atomically: a temp file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(content, handle, indent=indent)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; caches are shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically (`tokenmtl.fileio`): readers see the old file or the whole new one."""
+    with atomic_open(path, "w") as handle:
+        json.dump(content, handle, indent=indent)
 
 
 # --------------------------------------------------------------------------------------------

@@ -374,9 +374,9 @@ def _task_gradients(
 def _progress(iterable: Iterable, total: int | None, desc: str, enabled: bool) -> Iterable:
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
+    from tokenmtl.progress import progress_bar
 
-    return tqdm(iterable, total=total, desc=desc, leave=False)
+    return progress_bar(iterable, total=total, desc=desc)
 
 
 def _check_model(model: nn.Module) -> None:
