@@ -10,19 +10,19 @@ from tokenmtl.demo import demo_runs
 runner = CliRunner()
 
 
-def test_demo_runs_are_st_mt_dtme_and_control_per_seed():
+def test_demo_runs_are_dtme_control_mt_and_st_per_seed_longest_first():
     runs = demo_runs(["depth", "edge"], [0, 2])
     assert [r.name for r in runs] == [
-        "st-depth-s0",
-        "st-edge-s0",
-        "mt-ew-s0",
         "mt-ew-dtme-s0",
         "mt-ew-control-s0",
-        "st-depth-s2",
-        "st-edge-s2",
-        "mt-ew-s2",
+        "mt-ew-s0",
+        "st-depth-s0",
+        "st-edge-s0",
         "mt-ew-dtme-s2",
         "mt-ew-control-s2",
+        "mt-ew-s2",
+        "st-depth-s2",
+        "st-edge-s2",
     ]
     by_name = {r.name: r.sets for r in runs}
     assert by_name["st-edge-s2"] == ("tasks=[edge]", "dtme.enabled=false", "train.seed=2")
