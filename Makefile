@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	@apt-cache dumpavail 2>/dev/null | head -c 1 | grep -q . || { echo "[demo] the Debian package index is empty: apt-get update"; apt-get update -qq || true; }
 	$(VENV)/bin/tokenmtl demo --out runs/demo --set train.iterations=150 --set benchmark.max_samples=8000
 
 test: $(STAMP)
