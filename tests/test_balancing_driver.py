@@ -8,31 +8,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from tiny_models import TASKS, TinyMultiTask
 from tokenmtl.balancing import available, create
 from tokenmtl.engine.grad_driver import GradDriver
-
-TASKS = ("seg", "depth", "edge")
-
-
-class TinyMultiTask(nn.Module):
-    """Shared Linear encoder + one Linear head per task (the MultiTaskModel contract)."""
-
-    def __init__(self, tasks: tuple[str, ...] = TASKS, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.tasks = list(tasks)
-        self.encoder = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 8), nn.Tanh())
-        self.heads = nn.ModuleDict({t: nn.Linear(8, 2) for t in tasks})
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        h = self.encoder(x)
-        return {t: self.heads[t](h) for t in self.tasks}
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self.encoder.parameters())
-
-    def task_parameters(self, task: str) -> list[nn.Parameter]:
-        return list(self.heads[task].parameters())
 
 
 def batch(seed: int = 1, size: int = 12) -> tuple[Tensor, dict[str, Tensor]]:

@@ -21,33 +21,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from tiny_models import TASKS, TinyMultiTask
 from tokenmtl.balancing import available, create
 from tokenmtl.engine.grad_driver import GradDriver
 from tokenmtl.engine.precision import Precision
 
-TASKS = ("seg", "depth", "edge")
 BF16_RTOL = 1e-2
-
-
-class TinyMultiTask(nn.Module):
-    """Shared Linear encoder + one Linear head per task (the MultiTaskModel contract)."""
-
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.tasks = list(TASKS)
-        self.encoder = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh())
-        self.heads = nn.ModuleDict({t: nn.Linear(8, 2) for t in TASKS})
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        h = self.encoder(x)
-        return {t: self.heads[t](h) for t in self.tasks}
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self.encoder.parameters())
-
-    def task_parameters(self, task: str) -> list[nn.Parameter]:
-        return list(self.heads[task].parameters())
 
 
 def batch(seed: int, size: int = 16) -> tuple[Tensor, dict[str, Tensor]]:
@@ -65,7 +44,7 @@ def losses_of(
 
 def train(name: str, precision: Precision, steps: int = 3) -> list[list[float]]:
     """`steps` SGD steps of method `name`; the task losses seen at every step."""
-    model = TinyMultiTask()
+    model = TinyMultiTask(hidden=16)
     balancer = create(name, len(TASKS), **({"seed": 0} if name in ("pcgrad", "graddrop") else {}))
     driver = GradDriver(model, balancer, grad_scaler=precision.scaler)
     optimizer = torch.optim.SGD(list(model.parameters()) + list(balancer.parameters()), lr=0.05)
@@ -111,7 +90,7 @@ def test_every_method_trains_under_bf16_autocast_close_to_fp32(name):
 
 @pytest.mark.parametrize("name", ["mgda", "dbmtl", "nashmtl", "pcgrad"])
 def test_half_precision_task_gradients_reach_the_balancer_in_float32(name, monkeypatch):
-    model = TinyMultiTask().to(torch.bfloat16)
+    model = TinyMultiTask(hidden=16).to(torch.bfloat16)
     balancer = create(name, len(TASKS))
     seen: list[torch.dtype] = []
     original = type(balancer)._balance
@@ -151,7 +130,7 @@ def test_grad_scaler_gives_the_unscaled_run_times_s_bit_for_bit(name, options):
     """Every method sees the true gradients: .grad is exactly S times the unscaled run's."""
     grads = {}
     for scaled in (False, True):
-        model = TinyMultiTask()
+        model = TinyMultiTask(hidden=16)
         balancer = create(name, len(TASKS), **options)
         scaler = torch.amp.GradScaler("cpu") if scaled else None
         driver = GradDriver(model, balancer, grad_scaler=scaler)
@@ -174,7 +153,7 @@ def test_grad_scaler_gives_the_unscaled_run_times_s_bit_for_bit(name, options):
 def test_grad_scaler_step_applies_the_same_update_as_fp32():
     results = []
     for scaler in (None, torch.amp.GradScaler("cpu")):
-        model = TinyMultiTask()
+        model = TinyMultiTask(hidden=16)
         driver = GradDriver(model, create("dbmtl", len(TASKS)), grad_scaler=scaler)
         precision = Precision("fp16-on-cpu" if scaler else "fp32", "cpu", torch.float32, scaler)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -187,7 +166,7 @@ def test_grad_scaler_step_applies_the_same_update_as_fp32():
 
 
 def test_non_finite_scaled_gradients_skip_the_step_and_the_balancer_state():
-    model = TinyMultiTask()
+    model = TinyMultiTask(hidden=16)
     balancer = create("dbmtl", len(TASKS))
     scaler = torch.amp.GradScaler("cpu")
     precision = Precision("fp16-on-cpu", "cpu", torch.float32, scaler)
@@ -216,7 +195,7 @@ def test_fp16_with_grad_scaler_on_cuda_trains_close_to_fp32(name):
 
     def run(precision_name: str) -> Tensor:
         precision = Precision.create(precision_name, "cuda")
-        model = TinyMultiTask().cuda()
+        model = TinyMultiTask(hidden=16).cuda()
         balancer = create(name, len(TASKS))
         driver = GradDriver(model, balancer, grad_scaler=precision.scaler)
         optimizer = torch.optim.SGD(list(model.parameters()) + list(balancer.parameters()), lr=0.05)

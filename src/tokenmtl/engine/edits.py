@@ -12,6 +12,7 @@ restored once its kind is registered.
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +50,9 @@ class EditContext:
     reduce_sum: Callable[[Any], None] | None = None
 
 
-class ModelEdit:
-    """One architecture edit of a run. Subclasses set `name` and implement apply/restore/record."""
+class ModelEdit(ABC):
+    """One architecture edit of a run. Subclasses set `name` and implement apply/record/added_count
+    (and `from_config`/`restore` to be built from a config and rebuilt from a checkpoint)."""
 
     name: ClassVar[str] = ""
     step: int = 0  # global step before which the edit applies
@@ -58,29 +60,38 @@ class ModelEdit:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], balancer: Any, earlier: list[ModelEdit]) -> ModelEdit | None:
-        """The edit this config asks for (None: none); `earlier` are the edits built before it."""
-        raise NotImplementedError
+        """The edit this config asks for (None: none); `earlier` are the edits built before it.
+
+        Default: None, for edits that are handed to `Trainer(edits=[...])` rather than configured.
+        """
+        return None
 
     def watch(self, model: nn.Module, driver: Any) -> None:
-        """Set up what the edit observes before its step (called whenever the driver is rebuilt)."""
+        """Set up what the edit observes before its step (called whenever the driver is rebuilt).
 
+        Default: nothing to observe (DTME reads its statistics when it applies).
+        """
+        return None
+
+    @abstractmethod
     def apply(self, ctx: EditContext) -> EditResult:
         """Gather what is needed, edit `ctx.model` in place, and say what changed."""
-        raise NotImplementedError
 
+    @abstractmethod
     def record(self) -> dict[str, Any]:
         """JSON-serialisable description of what was done, enough for `restore`."""
-        raise NotImplementedError
 
     @classmethod
     def restore(cls, model: nn.Module, record: Mapping[str, Any], cfg: Mapping[str, Any] | None = None) -> EditResult:
         """Re-apply a recorded edit to a freshly built model (checkpoint loading)."""
-        raise NotImplementedError
+        raise ValueError(
+            f"the model edit {cls.name or cls.__name__!r} cannot be rebuilt from a checkpoint: it defines no restore()"
+        )
 
     @classmethod
+    @abstractmethod
     def added_count(cls, model: nn.Module) -> int:
         """Net number of parameters this kind of edit added to `model` (0 when not applied)."""
-        raise NotImplementedError
 
     @classmethod
     def signals(cls, model: nn.Module) -> dict[str, float]:
