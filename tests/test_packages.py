@@ -368,6 +368,30 @@ def test_max_samples_caps_the_number_of_packages(tmp_path):
     assert sum(sizes) == 50
 
 
+def test_train_size_is_a_seeded_nested_subset_with_the_full_tables_classes(tmp_path):
+    full = bench(tmp_path, synthetic_index(120))
+    train = full.dataset("train", False)
+    small = bench(tmp_path, synthetic_index(120), train_size=10)
+    smaller = bench(tmp_path, synthetic_index(120), train_size=5)
+    picked, fewer = small.dataset("train", False), smaller.dataset("train", False)
+    assert len(picked) == 10 and len(fewer) == 5 and set(fewer.packages) <= set(picked.packages)
+    # Brute force: the 10 smallest hashes of (seed, "train_size", text), kept in table order.
+    ranked = sorted(range(len(train)), key=lambda i: pk.unit_hash(0, "train_size", train.texts[i]))[:10]
+    assert picked.packages == [train.packages[i] for i in sorted(ranked)]
+    assert picked.packages != train.packages[:10]  # not the alphabetical prefix
+    for task in pk.PackagesBenchmark.default_tasks:
+        rows = [train.packages.index(p) for p in picked.packages]
+        assert torch.equal(picked.targets[task], train.targets[task][rows])
+        if task != "size":
+            assert small.class_names(task) == full.class_names(task)
+    assert small.size_mean == full.size_mean
+    assert small.dataset("val", False).packages == full.dataset("val", False).packages
+    with pytest.raises(ValueError, match="train_size=500 exceeds"):
+        bench(tmp_path, synthetic_index(120), train_size=500).dataset("train", False)
+    with pytest.raises(ValueError, match="train_size must be"):
+        bench(tmp_path, synthetic_index(120), train_size=0)
+
+
 def test_empty_split_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="split\\(s\\) .* would be empty"):
         bench(tmp_path, synthetic_index(3)).dataset("train", False)

@@ -134,7 +134,10 @@ def test_packaged_pretraining_shares_no_task_or_image_with_fine_tuning():
         k: v for k, v in fine["model"].items() if k != "weights"
     }
     demo = load_config("demo")
-    assert {**fine, "model": {**fine["model"], "weights": None}} == demo  # same recipe as scratch
+    # The same recipe as scratch; only DTME expands earlier from a pretrained backbone.
+    early = {"expand_at": demo["dtme"]["expand_at"]}
+    assert {**fine, "model": {**fine["model"], "weights": None}, "dtme": {**fine["dtme"], **early}} == demo
+    assert fine["dtme"]["expand_at"] < demo["dtme"]["expand_at"]
 
 
 def test_bad_requests_say_what_is_allowed(tiny_pretrain_cfg, tmp_path):

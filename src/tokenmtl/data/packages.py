@@ -211,6 +211,22 @@ class PackagesDataset(Dataset):
         return item
 
 
+def train_subset(split_table: Mapping[str, Any], seed: int, size: int) -> dict[str, Any]:
+    """The `size` rows of a split with the smallest hash of (seed, text), in table order.
+
+    The split is stored alphabetically, so a prefix would be biased; the hash rank is a seeded,
+    order-free sample, and a smaller size is always a subset of a larger one.
+    """
+    texts = split_table["texts"]
+    ranked = sorted(range(len(texts)), key=lambda i: unit_hash(seed, "train_size", texts[i]))
+    rows = sorted(ranked[:size])
+    return {
+        "texts": [texts[i] for i in rows],
+        "packages": [split_table["packages"][i] for i in rows],
+        "targets": {task: [values[i] for i in rows] for task, values in split_table["targets"].items()},
+    }
+
+
 class PackagesBenchmark:
     """Debian package short descriptions -> section, debtags facets, Multi-Arch and installed size.
 
@@ -218,6 +234,8 @@ class PackagesBenchmark:
     ``val_fraction``/``test_fraction``: expected split shares (hash of seed and text).
     ``min_class_count``: labels with fewer train examples become ``other`` (0: no merging).
     ``max_samples``: cap on the number of packages used (a hash-ranked subset); None: all.
+    ``train_size``: train on N training packages only (ranked by a hash of seed and text; class lists, size
+    statistics, val and test are unchanged, so runs at different train sizes share one table).
     ``root`` (`--data-root`): a folder holding `Packages` (or .xz/.gz/.bz2), used when no ``source``.
     """
 
@@ -235,6 +253,7 @@ class PackagesBenchmark:
         test_fraction: float = 0.1,
         min_class_count: int = 50,
         max_samples: int | None = None,
+        train_size: int | None = None,
         cache_dir: str | os.PathLike | None = None,
         progress: bool = True,
         root: str | os.PathLike | None = None,
@@ -258,6 +277,9 @@ class PackagesBenchmark:
         if max_samples is not None and (int(max_samples) != max_samples or max_samples < 3):
             raise ValueError(f"benchmark.max_samples must be null or an integer >= 3, got {max_samples!r}")
         self.max_samples = None if max_samples is None else int(max_samples)
+        if train_size is not None and (isinstance(train_size, bool) or int(train_size) != train_size or train_size < 1):
+            raise ValueError(f"benchmark.train_size must be null or an integer >= 1, got {train_size!r}")
+        self.train_size = None if train_size is None else int(train_size)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.progress = progress
         self._table: dict[str, Any] | None = None
@@ -391,4 +413,13 @@ class PackagesBenchmark:
         tasks = self.default_tasks if tasks is None else tuple(tasks)
         for task in tasks:
             self._check_task(task)
-        return PackagesDataset(self.table["splits"][split], tasks)
+        split_table = self.table["splits"][split]
+        if split == "train" and self.train_size is not None:
+            available = len(split_table["texts"])
+            if self.train_size > available:
+                raise ValueError(
+                    f"benchmark.train_size={self.train_size} exceeds the {available} training packages "
+                    "of this table (raise max_samples or lower train_size)"
+                )
+            split_table = train_subset(split_table, self.seed, self.train_size)
+        return PackagesDataset(split_table, tasks)

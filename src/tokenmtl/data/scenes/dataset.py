@@ -23,13 +23,35 @@ IMAGE_STD: tuple[float, float, float] = (0.188, 0.157, 0.154)
 """Per-channel standard deviation of default-config images in [0, 1]."""
 
 
-class ScenesDataset(Dataset):
-    """Items ``{"image": (3,H,W) normalised, task: target}`` read from a split's arrays."""
+MASKED_IMAGE = "masked_image"
+"""Masked-patch reconstruction: a pretraining objective made from the image itself (no array)."""
+MASK_IGNORE = 255.0
+"""Target value of the pixels `masked_image` does not score (the visible ones)."""
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], tasks: Sequence[str], flip: bool = False):
+
+class ScenesDataset(Dataset):
+    """Items ``{"image": (3,H,W) normalised, task: target}`` read from a split's arrays.
+
+    With the task ``masked_image`` in ``tasks``, a share ``mask_ratio`` of the image's
+    ``mask_patch``-pixel squares is blanked (set to the mean colour, 0 after normalisation) in
+    the input, and the target is the clean normalised image on those squares and `MASK_IGNORE`
+    elsewhere, so the loss scores only the hidden pixels (masked-patch reconstruction). Training
+    items draw a new mask each time; evaluation items a fixed one per index.
+    """
+
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        tasks: Sequence[str],
+        flip: bool = False,
+        mask_ratio: float = 0.5,
+        mask_patch: int = 8,
+        random_masks: bool = False,
+    ):
         self.arrays = arrays
         self.tasks = tuple(tasks)
         self.flip = flip
+        self.mask_ratio, self.mask_patch, self.random_masks = mask_ratio, mask_patch, random_masks
         self.mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGE_STD).view(3, 1, 1)
 
@@ -40,10 +62,25 @@ class ScenesDataset(Dataset):
         image = torch.from_numpy(self.arrays["image"][index]).float() / 255.0
         item = {"image": (image - self.mean) / self.std}
         for task in self.tasks:
-            item[task] = _target_tensor(task, self.arrays[task][index])
+            if task != MASKED_IMAGE:
+                item[task] = _target_tensor(task, self.arrays[task][index])
+        if MASKED_IMAGE in self.tasks:
+            hidden = self._patch_mask(index, item["image"].shape[-2:])
+            item[MASKED_IMAGE] = torch.where(hidden, item["image"], torch.full_like(item["image"], MASK_IGNORE))
+            item["image"] = torch.where(hidden, torch.zeros_like(item["image"]), item["image"])
         if self.flip and torch.rand(()) < 0.5:
             item = _hflip(item)
         return item
+
+    def _patch_mask(self, index: int, size: torch.Size) -> torch.Tensor:
+        """(1, H, W) bool, True on the hidden squares: round(ratio x squares) of them, chosen at random."""
+        rows, cols = -(-size[0] // self.mask_patch), -(-size[1] // self.mask_patch)
+        generator = None if self.random_masks else torch.Generator().manual_seed(int(index))
+        order = torch.randperm(rows * cols, generator=generator)
+        hidden = torch.zeros(rows * cols, dtype=torch.bool)
+        hidden[order[: round(self.mask_ratio * rows * cols)]] = True
+        grid = hidden.view(rows, cols).repeat_interleave(self.mask_patch, 0).repeat_interleave(self.mask_patch, 1)
+        return grid[: size[0], : size[1]].unsqueeze(0)
 
 
 def _target_tensor(task: str, value: np.ndarray) -> torch.Tensor:
@@ -74,7 +111,8 @@ class ScenesBenchmark:
     (default: ``root`` if given, else ``$TOKENMTL_CACHE``, else ``~/.cache/tokenmtl/scenes``).
     ``tasks``: which targets items carry (default: all available tasks). ``flip``: random
     horizontal flips on ``dataset(split, train=True)``. ``workers``: generation processes
-    (None = automatic).
+    (None = automatic). ``mask_ratio``/``mask_patch``: share of squares and square size (pixels)
+    hidden by the pretraining task ``masked_image`` (see ScenesDataset).
     """
 
     name = "scenes"
@@ -86,7 +124,10 @@ class ScenesBenchmark:
         "occlusion_edge",
         "reshading",
         "curvature",
+        MASKED_IMAGE,
     )
+    generated_tasks: tuple[str, ...] = available_tasks[:-1]
+    """The tasks stored in the split arrays (`masked_image` is made from the image on the fly)."""
     default_tasks: tuple[str, ...] = ("semseg", "depth", "normals", "edge")
     num_classes = NUM_CLASSES
     class_names = CLASS_NAMES
@@ -107,8 +148,15 @@ class ScenesBenchmark:
         flip: bool = False,
         workers: int | None = None,
         progress: bool = True,
+        mask_ratio: float = 0.5,
+        mask_patch: int = 8,
     ):
         self.image_size = _as_size(image_size)
+        if not 0.0 < float(mask_ratio) < 1.0:
+            raise ValueError(f"benchmark.mask_ratio must be in (0, 1), got {mask_ratio!r}")
+        if isinstance(mask_patch, bool) or int(mask_patch) != mask_patch or mask_patch < 1:
+            raise ValueError(f"benchmark.mask_patch must be an integer >= 1, got {mask_patch!r}")
+        self.mask_ratio, self.mask_patch = float(mask_ratio), int(mask_patch)
         self.seed = int(seed)
         self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
         for split, count in self.sizes.items():
@@ -119,7 +167,7 @@ class ScenesBenchmark:
             self.cache_dir = Path(cache_dir)
         else:
             self.cache_dir = Path(root) if root is not None else default_cache_dir()
-        self.tasks = tuple(self.available_tasks if tasks is None else tasks)
+        self.tasks = tuple(self.generated_tasks if tasks is None else tasks)
         for task in self.tasks:
             self._check_task(task)
         self.flip = flip
@@ -144,6 +192,8 @@ class ScenesBenchmark:
             return factories.normals_task()
         if task == "edge":
             return factories.edge_task(tolerance=self.edge_tolerance, pos_weight=0.95)
+        if task == MASKED_IMAGE:
+            return factories.regression_task(task, 3, metric="l1", loss="mse", ignore_value=MASK_IGNORE)
         channels = {"occlusion_edge": 1, "reshading": 1, "curvature": 2}[task]
         return factories.regression_task(task, channels, metric="l1")
 
@@ -194,7 +244,14 @@ class ScenesBenchmark:
         tasks = self.tasks if tasks is None else tuple(tasks)
         for task in tasks:
             self._check_task(task)
-        return ScenesDataset(self.arrays(split), tasks, flip=self.flip and train)
+        return ScenesDataset(
+            self.arrays(split),
+            tasks,
+            flip=self.flip and train,
+            mask_ratio=self.mask_ratio,
+            mask_patch=self.mask_patch,
+            random_masks=train,
+        )
 
 
 def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:

@@ -1,0 +1,80 @@
+"""benchmarks/st_convergence.py and pretrained_vs_scratch.py on hand-made results.json folders."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def run(root: Path, name: str, task: str, metric: str, lower: bool, seed: int, iterations: int, value: float) -> None:
+    folder = root / name
+    folder.mkdir(parents=True)
+    results = {
+        "tasks": {task: {metric: value, "other": -1.0}},
+        "primary": {task: [metric, lower]},
+        "seed": seed,
+        "iterations": iterations,
+    }
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def rows(markdown: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines()[2:] if line.startswith("|")
+    ]
+
+
+def test_convergence_verdict_compares_the_gain_with_the_seed_std(tmp_path):
+    module = load("st_convergence")
+    # acc: 300 its on seeds 0-2 = 50, 52, 54 (std 2); 600 its seed 0 = 51.5: gain 1.5 < 2 -> converged.
+    for seed, value in enumerate([50.0, 52.0, 54.0]):
+        run(tmp_path, f"short/acc-{seed}", "acc", "macroF1", False, seed, 300, value)
+    run(tmp_path, "long/acc", "acc", "macroF1", False, 0, 600, 51.5)
+    # err (lower is better): 1.0, 1.1, 1.2 (std 0.1); 600 its seed 1 = 0.9: gain 0.2 > 0.1 -> not.
+    for seed, value in enumerate([1.0, 1.1, 1.2]):
+        run(tmp_path, f"short/err-{seed}", "err", "mae", True, seed, 300, value)
+    run(tmp_path, "long/err", "err", "mae", True, 1, 600, 0.9)
+    table = module.report(module.collect([str(tmp_path / "short/*")]), module.collect([str(tmp_path / "long/*")]))
+    acc, err = rows(table)
+    assert acc[0] == "acc" and acc[3] == "52.000 ± 2.000" and acc[5] == "+1.500" and acc[6] == "yes"
+    assert err[0] == "err" and err[4] == "600, 1, 0.900" and err[5] == "+0.200" and err[6] == "no"
+
+
+def test_pretrained_gain_is_paired_by_seed_and_signed_by_direction(tmp_path):
+    module = load("pretrained_vs_scratch")
+    for seed, (s, p) in enumerate([(70.0, 71.0), (72.0, 72.5), (71.0, 70.0)]):
+        run(tmp_path, f"scratch/seg-{seed}", "seg", "mIoU", False, seed, 600, s)
+        run(tmp_path, f"pre/seg-{seed}", "seg", "mIoU", False, seed, 600, p)
+    for seed, (s, p) in enumerate([(14.0, 13.0), (13.0, 12.8)]):
+        run(tmp_path, f"scratch/depth-{seed}", "depth", "rmse", True, seed, 600, s)
+        run(tmp_path, f"pre/depth-{seed}", "depth", "rmse", True, seed, 600, p)
+    run(tmp_path, "pre/depth-5", "depth", "rmse", True, 5, 600, 1.0)  # no scratch partner: ignored
+    table = module.report(module.collect([str(tmp_path / "scratch/*")]), module.collect([str(tmp_path / "pre/*")]))
+    depth, seg = rows(table)
+    assert depth[2] == "0,1" and depth[5] == "0.600 ± 0.566" and depth[6] == "2/2 seeds"
+    assert seg[2] == "0,1,2" and seg[5] == "0.167 ± 1.041" and seg[6] == "2/3 seeds"
+
+
+def test_a_multi_task_folder_is_refused(tmp_path):
+    module = load("st_convergence")
+    folder = tmp_path / "mt"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({"tasks": {"a": {}, "b": {}}}))
+    with pytest.raises(ValueError, match="not a single-task run"):
+        module.read_run(folder)
