@@ -123,9 +123,9 @@ class DtmeSection(Section):
     freeze_backbone: bool = key(False, "After expansion, train only heads and added parameters.")
     num_batches: int | None = key(16, "Training batches analysed (unset: the whole split).", gt=0)
     lr_mult: float = key(
-        30.0,
-        "LR multiplier of the added parameters (30: best of 1/10/30 on val, MiniLM on packages; "
-        "at the base LR the TM weights barely leave identity in a few hundred steps).",
+        10.0,
+        "LR multiplier of the added parameters (10: best on val of the candidates on both pretrained "
+        "settings, docs/method.md; at the base LR the TM weights barely leave identity in a few hundred steps).",
         ge=0,
     )
     seed: int = key(0, "Seed of the analysis batches and the random strategy.")
