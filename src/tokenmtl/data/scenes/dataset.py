@@ -126,7 +126,7 @@ class ScenesBenchmark:
         "curvature",
         MASKED_IMAGE,
     )
-    generated_tasks: tuple[str, ...] = available_tasks[:-1]
+    generated_tasks: tuple[str, ...] = tuple(t for t in available_tasks if t != MASKED_IMAGE)
     """The tasks stored in the split arrays (`masked_image` is made from the image on the fly)."""
     default_tasks: tuple[str, ...] = ("semseg", "depth", "normals", "edge")
     num_classes = NUM_CLASSES
