@@ -37,6 +37,8 @@ VARIANTS: dict[str, list[str]] = {
     "mt-ew-tm": ["method.name=ew", *DTME_ON, "dtme.mode=tm", "dtme.strategy=conflict"],
     "mt-ew-te": ["method.name=ew", *DTME_ON, "dtme.mode=te", "dtme.strategy=conflict"],
     "mt-ew-tmte": ["method.name=ew", *DTME_ON, "dtme.mode=both", "dtme.strategy=conflict"],
+    "mt-ew-te-gated": ["method.name=ew", *DTME_ON, "dtme.mode=te", "dtme.strategy=conflict", "dtme.te_gate=true"],
+    "mt-ew-tmte-gated": ["method.name=ew", *DTME_ON, "dtme.mode=both", "dtme.strategy=conflict", "dtme.te_gate=true"],
     "mt-ew-tmte-random": ["method.name=ew", *DTME_ON, "dtme.mode=both", "dtme.strategy=random"],
     "mt-ew-tmte-reverse": ["method.name=ew", *DTME_ON, "dtme.mode=both", "dtme.strategy=reverse"],
     "dbmtl": ["method.name=dbmtl"],

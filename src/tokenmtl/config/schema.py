@@ -120,6 +120,11 @@ class DtmeSection(Section):
     )
     num_tokens: int = key(6, "Tokens added per task and TE layer.", gt=0)
     modulator: str = key("affine", "Token Modulation form.", choices=("affine", "batchnorm"))
+    te_gate: bool = key(
+        False,
+        "Function-preserving Token Expansion (ours, not the paper's): a per-task gate, 0 at "
+        "insertion, mixes the block's outputs with and without the added tokens.",
+    )
     freeze_backbone: bool = key(False, "After expansion, train only heads and added parameters.")
     num_batches: int | None = key(16, "Training batches analysed (unset: the whole split).", gt=0)
     lr_mult: float = key(

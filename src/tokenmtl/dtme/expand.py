@@ -32,6 +32,8 @@ class ExpandedTrunk(nn.Module):
     `tokenmtl.recon`). Any subset of the tasks may be run (e.g. one task alone for per-task
     inference); streams are returned as (B, N, D) views of the folded batch. At a layer with
     both, TM modulates the stream's tokens first, then the TE tokens are appended (not modulated).
+    A gated TE layer (`plan.te_gate`) runs its block twice, with and without the tokens, and
+    mixes the two outputs by the task's gate.
     """
 
     def __init__(self, tasks: Sequence[str], dim: int, plan: Plan | None = None) -> None:
@@ -55,7 +57,7 @@ class ExpandedTrunk(nn.Module):
         for layer in plan.tm:
             self.tm[str(layer)] = TokenModulation(plan.tasks, self.dim, plan.modulator)
         for layer in plan.te:
-            self.te[str(layer)] = TokenExpansion(plan.tasks, self.dim, plan.num_tokens)
+            self.te[str(layer)] = TokenExpansion(plan.tasks, self.dim, plan.num_tokens, gated=plan.te_gate)
 
     def add_split(self, key: str, module: nn.Module, block: int, removed_parameters: int) -> None:
         """Register a per-task module living inside block `block` (the streams fork there at the latest)."""
@@ -91,9 +93,10 @@ class ExpandedTrunk(nn.Module):
                 x = self.tm[key](x, tasks)
             if key in self.te:
                 te = self.te[key]
-                x = te.drop(
+                expanded = te.drop(
                     encoder.run_block(index, te.append(x, tasks), encoder.extend_ctx(folded_ctx, te.num_tokens))
                 )
+                x = te.mix(encoder.run_block(index, x, folded_ctx), expanded, tasks) if te.gated else expanded
             else:
                 x = encoder.run_block(index, x, folded_ctx)
         return {task: x[t * batch : (t + 1) * batch] for t, task in enumerate(tasks)}

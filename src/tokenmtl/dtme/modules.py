@@ -65,18 +65,25 @@ class TokenExpansion(nn.Module):
 
     `append` adds each stream's own tokens after its sequence; `drop` removes them after the
     block (VPT-deep style), so the sequence length seen by later blocks and heads is unchanged.
+
+    `gated=True` (our function-preserving variant, docs/method.md): one scalar gate g_t per task,
+    0 at init; the layer's output is `block(x) + g_t * (block([x; tokens]) - block(x))`, so
+    insertion leaves a pretrained model's outputs unchanged (plain TE shifts them, because the
+    appended tokens take attention from the original ones) and training opens the gate.
     """
 
-    def __init__(self, tasks: Sequence[str], dim: int, num_tokens: int = 6) -> None:
+    def __init__(self, tasks: Sequence[str], dim: int, num_tokens: int = 6, gated: bool = False) -> None:
         super().__init__()
         if num_tokens < 1:
             raise ValueError(f"num_tokens must be >= 1; got {num_tokens}")
         self.num_tokens = int(num_tokens)
+        self.gated = bool(gated)
         self.tokens = nn.ParameterDict()
         for t in tasks:
             p = nn.Parameter(torch.empty(num_tokens, dim))
             nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
             self.tokens[t] = p
+        self.gate = nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in tasks} if gated else {})
 
     def append(self, x: torch.Tensor, tasks: Sequence[str]) -> torch.Tensor:
         """(T*B, N, D) -> (T*B, N + num_tokens, D): each stream gets its task's tokens appended."""
@@ -86,8 +93,18 @@ class TokenExpansion(nn.Module):
         return torch.cat([streams, extra], dim=2).reshape(x.shape[0], -1, x.shape[-1])
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
-        """This layer's tokens of one task."""
-        return [self.tokens[task]]
+        """This layer's tokens of one task (and its gate when gated)."""
+        return [self.tokens[task]] + ([self.gate[task]] if self.gated else [])
+
+    def mix(self, plain: torch.Tensor, expanded: torch.Tensor, tasks: Sequence[str]) -> torch.Tensor:
+        """Gated output of a folded batch: `plain + g_t * (expanded - plain)` per task stream."""
+        if not self.gated:
+            raise ValueError("mix is only defined for a gated TokenExpansion (gated=True)")
+        gate = torch.stack([self.gate[t] for t in tasks]).to(plain.dtype)
+        gate = gate.reshape(len(tasks), *([1] * plain.dim()))
+        base = _unfold(plain, len(tasks), "TokenExpansion")
+        delta = _unfold(expanded, len(tasks), "TokenExpansion") - base
+        return torch.addcmul(base, delta, gate).reshape(plain.shape)
 
     def drop(self, x: torch.Tensor) -> torch.Tensor:
         """Remove the appended tokens' outputs after the block."""

@@ -32,6 +32,7 @@ class Plan:
     ratio: float = 0.5
     mode: str = "both"
     seed: int = 0
+    te_gate: bool = False
 
     def __post_init__(self) -> None:
         self.tm = sorted(int(x) for x in self.tm)
@@ -95,6 +96,7 @@ def make_plan(
     mode: str = "both",
     num_tokens: int = 6,
     modulator: str = "affine",
+    te_gate: bool = False,
 ) -> Plan:
     """Choose TM/TE layers from a conflict report (DTME-MTL paper, layer selection).
 
@@ -102,6 +104,7 @@ def make_plan(
     conflicts; reverse: the n least conflicted of each; swap: TE by range, TM by null conflicts;
     random: n random layers each (seeded). n = round(ratio * L) over the analysed layers.
     `mode` "tm"/"te" keeps only one kind; "none" keeps neither (the empty-plan control run).
+    `te_gate` makes the TE layers function-preserving at insertion (`TokenExpansion(gated=True)`).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; allowed: {list(STRATEGIES)}")
@@ -136,6 +139,7 @@ def make_plan(
         ratio=float(ratio),
         mode=mode,
         seed=int(seed),
+        te_gate=bool(te_gate),
     )
 
 

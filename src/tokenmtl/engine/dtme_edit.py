@@ -62,6 +62,7 @@ def analyse_and_plan(
             mode=dtme["mode"],
             num_tokens=int(dtme["num_tokens"]),
             modulator=dtme["modulator"],
+            te_gate=bool(dtme["te_gate"]),
         )
     )
     if out is not None:
