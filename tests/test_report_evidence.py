@@ -106,3 +106,11 @@ def test_grid_trains_skips_finished_runs_and_never_averages_ablations(evidence, 
     assert evidence.main(args) == 0
     assert capsys.readouterr().out.count("done, skipped") == 8
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/results.json")} == mtimes
+
+
+def test_every_variant_resolves_to_a_valid_config_and_gated_ones_set_the_gate(evidence):
+    for name in evidence.VARIANTS:
+        cfg = load_config("scenes_pretrained", evidence.variant_sets(name))
+        assert cfg["dtme"]["te_gate"] is name.endswith("-gated")
+        assert cfg["dtme"]["enabled"] is (name not in ("st", "mt-ew", "dbmtl", "famo"))
+    assert load_config("demo", evidence.variant_sets("mt-ew-te-gated"))["dtme"]["mode"] == "te"
