@@ -275,12 +275,25 @@ def test_settings_hash_ignores_seed_name_and_output_keys_only():
     )  # tasks: null resolved = listed
 
 
-def test_settings_hash_in_results_is_used_when_present(tmp_path):
-    write_run(tmp_path / "a", {"depth": 2.0, "edge": 50.0}, extra={"settings_hash": "aaaa"})
-    write_run(tmp_path / "b", {"depth": 3.0, "edge": 50.0}, extra={"settings_hash": "bbbb"}, sets=["name=b"])
+def test_runs_from_before_a_config_key_existed_group_with_runs_at_its_default(tmp_path):
+    """A config.yaml without dtme.te_gate (an older run) is the same setting as te_gate: false,
+    whatever settings_hash the older trainer stored; te_gate: true stays its own row."""
+    st_pair(tmp_path, seeds=(0, 1))
+    sets = ["dtme.enabled=true", "dtme.mode=te"]
+    old = write_run(tmp_path / "te-0", {"depth": 1.0, "edge": 50.0}, seed=0, sets=sets, extra={"settings_hash": "old"})
+    text = (old / "config.yaml").read_text()
+    assert "te_gate: false" in text
+    (old / "config.yaml").write_text("".join(l for l in text.splitlines(True) if "te_gate" not in l))
+    write_run(tmp_path / "te-1", {"depth": 3.0, "edge": 50.0}, seed=1, sets=sets)
+    write_run(tmp_path / "gated-0", {"depth": 2.0, "edge": 50.0}, seed=0, sets=[*sets, "dtme.te_gate=true"])
     runs = load_runs([tmp_path])
-    assert sorted(r.setting for r in runs) == ["aaaa", "bbbb"]
-    assert len(build_comparison(runs).rows) == 2
+    assert len({r.setting for r in runs if r.dir.name.startswith("te-")}) == 1
+    assert next(r for r in runs if r.dir.name == "te-0").config["dtme"]["te_gate"] is False  # filled in
+    comparison = build_comparison(runs)
+    plain = row(comparison, "EW + TE (dtme.te_gate=False)")
+    assert plain.seeds == [0, 1]
+    assert plain.metrics["depth"][0] == pytest.approx(2.0)
+    assert row(comparison, "EW + TE (dtme.te_gate=True)").seeds == [0]
 
 
 def test_missing_config_is_one_clear_error(tmp_path):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenmtl.report.settings import settings_hash
+from tokenmtl.report.settings import settings_hash, with_defaults
 
 WALL_TIME_KEYS = ("train_seconds", "dtme_seconds", "recon_seconds", "final_eval_seconds")
 
@@ -80,8 +80,10 @@ def find_results(paths: list[str | Path]) -> list[Path]:
 
 
 def load_run(folder: str | Path) -> RunRecord:
-    """Read results.json and config.yaml of one run folder; the setting hash comes from
-    results.json `settings_hash` when the trainer wrote one, else from config.yaml."""
+    """Read results.json and config.yaml of one run folder. The setting hash is computed from
+    config.yaml with today's schema defaults filled in (`with_defaults`), so runs written before
+    a config key existed group with new runs that leave it at its default; the trainer's
+    `settings_hash` in results.json is the same hash for runs of the current schema."""
     import yaml
 
     from tokenmtl.config import read_yaml
@@ -105,8 +107,9 @@ def load_run(folder: str | Path) -> RunRecord:
         raise ValueError(f"cannot read {str(config_path)!r}: {err}") from None
     if not isinstance(config, dict):
         raise ValueError(f"{str(config_path)!r} is not a config mapping")
-    setting = results.get("settings_hash") or settings_hash(config, list(results["tasks"]))
-    return RunRecord(dir=folder, results=results, config=config, setting=str(setting))
+    config = with_defaults(config)
+    setting = settings_hash(config, list(results["tasks"]))
+    return RunRecord(dir=folder, results=results, config=config, setting=setting)
 
 
 def load_runs(paths: list[str | Path]) -> list[RunRecord]:

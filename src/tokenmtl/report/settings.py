@@ -43,6 +43,26 @@ def _plain(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+def with_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The config with every key today's schema knows but `cfg` lacks set to its default.
+
+    A run written before a key existed ran with that key's default behaviour (new keys default
+    to the old behaviour), so it must group with new runs that leave the key at its default.
+    """
+
+    def fill(node: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+        for key, value in defaults.items():
+            if key not in node:
+                node[key] = _plain(value)
+            elif isinstance(value, Mapping) and isinstance(node[key], dict):
+                fill(node[key], value)
+        return node
+
+    from tokenmtl.config.schema import defaults
+
+    return fill(_plain(cfg), defaults())
+
+
 def comparable_settings(cfg: Mapping[str, Any], tasks: Sequence[str] | None = None) -> dict[str, Any]:
     """The config without `IGNORED_KEYS`; `tasks` (the resolved task list) replaces `cfg['tasks']`.
 
