@@ -48,6 +48,8 @@ def with_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     A run written before a key existed ran with that key's default behaviour (new keys default
     to the old behaviour), so it must group with new runs that leave the key at its default.
+    Unlike `config.merge`, keys today's schema no longer knows are kept, not refused: compare
+    must still read old runs.
     """
 
     def fill(node: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
