@@ -44,6 +44,8 @@ VARIANTS: dict[str, list[str]] = {
     "dbmtl": ["method.name=dbmtl"],
     "dbmtl-tmte": ["method.name=dbmtl", *DTME_ON, "dtme.mode=both", "dtme.strategy=conflict"],
     "famo": ["method.name=famo"],
+    "uw": ["method.name=uw"],
+    "dwa": ["method.name=dwa"],
     "famo-tmte": ["method.name=famo", *DTME_ON, "dtme.mode=both", "dtme.strategy=conflict"],
 }
 

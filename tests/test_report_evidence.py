@@ -112,5 +112,5 @@ def test_every_variant_resolves_to_a_valid_config_and_gated_ones_set_the_gate(ev
     for name in evidence.VARIANTS:
         cfg = load_config("scenes_pretrained", evidence.variant_sets(name))
         assert cfg["dtme"]["te_gate"] is name.endswith("-gated")
-        assert cfg["dtme"]["enabled"] is (name not in ("st", "mt-ew", "dbmtl", "famo"))
+        assert cfg["dtme"]["enabled"] is (name not in ("st", "mt-ew", "dbmtl", "famo", "uw", "dwa"))
     assert load_config("demo", evidence.variant_sets("mt-ew-te-gated"))["dtme"]["mode"] == "te"
