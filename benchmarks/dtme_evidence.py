@@ -45,6 +45,7 @@ VARIANTS: dict[str, list[str]] = {
     "dbmtl-tmte": ["method.name=dbmtl", *DTME_ON, "dtme.mode=both", "dtme.strategy=conflict"],
     "famo": ["method.name=famo"],
     "uw": ["method.name=uw"],
+    "uw-tmte": ["method.name=uw", *DTME_ON, "dtme.mode=both", "dtme.strategy=conflict"],
     "dwa": ["method.name=dwa"],
     "famo-tmte": ["method.name=famo", *DTME_ON, "dtme.mode=both", "dtme.strategy=conflict"],
 }
