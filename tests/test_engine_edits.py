@@ -155,3 +155,26 @@ def test_checkpoint_records_edits_and_evaluate_rebuilds_them(tmp_path, tiny_sets
     assert evaluated["dtme"] == trained["dtme"] and evaluated["params"] == trained["params"]
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert evaluated["dtme"]["tm"] == plan["tm"]
+
+
+def _train_losses(run_dir):
+    rows = csv.DictReader(open(run_dir / "metrics.csv"))
+    return [(int(r["step"]), r["key"], float(r["value"])) for r in rows if r["key"].startswith("loss/")]
+
+
+def test_empty_plan_control_repeats_plain_training_exactly_under_drop_path(tmp_path, tiny_sets):
+    """Drop path draws from the global RNG every step: the analysis must not shift those draws."""
+    sets = tiny_sets + ["model.drop_path_rate=0.5", "dtme.expand_at=0.34", "dtme.num_batches=2"]
+    plain = Trainer(load_config("demo", overrides=sets), tmp_path / "ew")
+    plain.run()
+    control = Trainer(load_config("demo", overrides=sets + ["dtme.enabled=true", "dtme.mode=none"]), tmp_path / "ctl")
+    results = control.run()
+    assert results["dtme"]["expand_step"] == 2 and results["dtme"]["tm"] == [] and results["dtme"]["te"] == []
+    ew_losses, control_losses = _train_losses(tmp_path / "ew"), _train_losses(tmp_path / "ctl")
+    assert len(ew_losses) == 6 * len(plain.tasks) and ew_losses == control_losses
+    ew_state, control_state = plain.model.state_dict(), control.model.state_dict()
+    assert ew_state.keys() == control_state.keys()
+    assert all(torch.equal(ew_state[k], control_state[k]) for k in ew_state)
+    # the drop path is live: without it the losses differ from step 1 on
+    Trainer(load_config("demo", overrides=sets + ["model.drop_path_rate=0"]), tmp_path / "no-drop").run()
+    assert _train_losses(tmp_path / "no-drop")[0] != ew_losses[0]

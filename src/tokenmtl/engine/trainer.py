@@ -187,7 +187,19 @@ class Trainer:
         self._make_driver()
 
     def apply_edits(self, step: int, logger: RunLogger | None) -> None:
-        """Apply every edit of the run (they share one step), logging what each changed."""
+        """Apply every edit of the run (they share one step), logging what each changed.
+
+        The edits leave every RNG as they found it (their analysis loaders and initialisations draw
+        from it), so the training after them sees the dropout masks of a run without edits: DTME's
+        empty-plan control repeats plain multi-task training exactly, dropout or not.
+        """
+        saved = rng_state()
+        try:
+            self._apply_edits(step, logger)
+        finally:
+            set_rng_state(saved)
+
+    def _apply_edits(self, step: int, logger: RunLogger | None) -> None:
         run = self.run_state
         ctx = EditContext(
             model=self.model,
