@@ -19,17 +19,16 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from tokenmtl.engine.seeding import preserved_rng
 from tokenmtl.engine.trainer import train
 from tokenmtl.fileio import atomic_write_bytes, atomic_write_text
 
@@ -179,20 +178,6 @@ def _build_entry(
     atomic_write_text(entry / SETTINGS_FILE, json.dumps(record, indent=1) + "\n")
 
 
-@contextlib.contextmanager
-def _preserved_rng() -> Iterator[None]:
-    """Leave Python, NumPy and torch RNG states as they were, so building weights on first use
-    does not change the run that asked for them (its heads are initialised after this)."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-
-
 def is_pretrained_ref(weights: Any) -> bool:
     """True when a `model.weights` value names a pretraining config (`pretrained:NAME`)."""
     return isinstance(weights, str) and weights.startswith(PRETRAINED_PREFIX)
@@ -210,5 +195,5 @@ def resolve_weights(ref: str, progress: bool = True) -> Path:
     from tokenmtl.config import load_config
 
     cfg = load_config(name)
-    with _preserved_rng():
+    with preserved_rng():
         return pretrain(cfg, progress=progress)

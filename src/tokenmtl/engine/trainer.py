@@ -34,7 +34,7 @@ from tokenmtl.engine.results import build_results
 from tokenmtl.engine.run import build_run, count_parameters, load_weights, loss_weights_for, resolve_device, task_losses
 from tokenmtl.engine.run_log import RunLogger
 from tokenmtl.engine.schedule import Schedule, lr_factor
-from tokenmtl.engine.seeding import rng_state, set_rng_state
+from tokenmtl.engine.seeding import preserved_rng, rng_state, set_rng_state
 from tokenmtl.fileio import atomic_write_text
 from tokenmtl.models.multitask import MultiTaskModel
 from tokenmtl.progress import progress_bar, progress_write
@@ -193,11 +193,8 @@ class Trainer:
         from it), so the training after them sees the dropout masks of a run without edits: DTME's
         empty-plan control repeats plain multi-task training exactly, dropout or not.
         """
-        saved = rng_state()
-        try:
+        with preserved_rng():
             self._apply_edits(step, logger)
-        finally:
-            set_rng_state(saved)
 
     def _apply_edits(self, step: int, logger: RunLogger | None) -> None:
         run = self.run_state
