@@ -209,3 +209,24 @@ def test_pretrain_command_calls_tokenmtl_pretrain():
     assert result.exit_code == 0 and "--out" in result.output
     bad = runner.invoke(app, ["pretrain", "no_such_config"])
     assert bad.exit_code == 2 and "config file not found" in bad.output
+
+
+def test_train_progress_bars_follow_config_unless_the_flag_is_given(tmp_path, tiny_sets):
+    """`--set log.progress=false` silences the bars; `--progress` turns them back on."""
+    sets = [*_sets(tiny_sets), "--set", "log.progress=false"]
+    quiet = invoke("train", "demo", "--out", tmp_path / "quiet", "--tasks", "depth", *sets)
+    loud = invoke("train", "demo", "--out", tmp_path / "loud", "--tasks", "depth", *sets, "--progress")
+    assert quiet.exit_code == 0 and loud.exit_code == 0, quiet.output + loud.output
+    assert "train:" not in quiet.output + quiet.stderr
+    assert "train:" in loud.output + loud.stderr
+
+
+def test_pretrain_progress_follows_config_unless_the_flag_is_given(monkeypatch, tmp_path):
+    import tokenmtl.pretrain
+
+    seen = []
+    monkeypatch.setattr(tokenmtl.pretrain, "pretrain", lambda cfg, out, progress: seen.append(progress) or "w")
+    for flags in ([], ["--set", "log.progress=false"], ["--set", "log.progress=false", "--progress"]):
+        result = runner.invoke(app, ["pretrain", "scenes_pretrain", *flags])
+        assert result.exit_code == 0, result.output
+    assert seen == [True, False, True]

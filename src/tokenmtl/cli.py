@@ -122,7 +122,9 @@ def train(
     ),
     weights: str | None = typer.Option(None, "--weights", help="Local backbone weights (.safetensors/.npz/.pth)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest good checkpoint in --out."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bars (default: the config's log.progress)."
+    ),
 ) -> None:
     """Train one run (ST when one task is given) and write DIR/results.json."""
 
@@ -423,7 +425,9 @@ def pretrain(
     config: str = typer.Argument(..., help="A pretraining config (e.g. scenes_pretrain)."),
     out: Path | None = typer.Option(None, "--out", help="Keep the pretraining run and the encoder files here."),
     sets: list[str] = SetOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bars (default: the config's log.progress)."
+    ),
 ) -> None:
     """Pretrain a config's backbone once and cache its encoder weights (`tokenmtl.pretrain`)."""
 
@@ -433,7 +437,9 @@ def pretrain(
 
         if out is not None:
             _check_out_folder(out)
-        weights = pretrain_backbone(load_config(config, overrides=sets).to_dict(), out, progress=progress)
+        cfg = load_config(config, overrides=sets).to_dict()
+        show = bool(cfg["log"]["progress"]) if progress is None else progress
+        weights = pretrain_backbone(cfg, out, progress=show)
         typer.echo(f"pretrained encoder -> {weights}")
 
     run_guarded(run)
