@@ -71,6 +71,43 @@ def test_pretrained_gain_is_paired_by_seed_and_signed_by_direction(tmp_path):
     assert seg[2] == "0,1,2" and seg[5] == "0.167 ± 1.041" and seg[6] == "2/3 seeds"
 
 
+def val_log(root: Path, name: str, key: str, values: list[tuple[int, float]]) -> None:
+    """A metrics.csv with validation rows (step, value) for key, plus a train row to skip."""
+    lines = ["step,phase,key,value", "1,train,loss/x,9.0"] + [f"{s},val,{key},{v}" for s, v in values]
+    (root / name / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_recipes_are_chosen_per_task_on_val_not_on_test(tmp_path, capsys):
+    module = load("pretrained_vs_scratch")
+    # seg (mIoU, higher better). Scratch "a": test 70, 70 / last val 60, 61; "b": test 75, 75 / val 59, 59.
+    # Val picks "a" although "b" is better on test; the earlier val row (step 300) of "b" is ignored.
+    for seed in (0, 1):
+        run(tmp_path, f"sa/seg-{seed}", "seg", "mIoU", False, seed, 600, 70.0)
+        val_log(tmp_path, f"sa/seg-{seed}", "seg/mIoU", [(300, 10.0), (600, 60.0 + seed)])
+        run(tmp_path, f"sb/seg-{seed}", "seg", "mIoU", False, seed, 600, 75.0)
+        val_log(tmp_path, f"sb/seg-{seed}", "seg/mIoU", [(300, 99.0), (600, 59.0)])
+        run(tmp_path, f"pa/seg-{seed}", "seg", "mIoU", False, seed, 600, 71.0 + seed)
+        val_log(tmp_path, f"pa/seg-{seed}", "seg/mIoU", [(600, 50.0)])
+    # depth (rmse, lower better): pretrained "a" val 2.0 vs "b" val 1.0 -> "b" (test 3.0 vs scratch 4.0).
+    run(tmp_path, "sa/depth-0", "depth", "rmse", True, 0, 600, 4.0)
+    val_log(tmp_path, "sa/depth-0", "depth/rmse", [(600, 4.0)])
+    run(tmp_path, "pa/depth-0", "depth", "rmse", True, 0, 600, 1.0)
+    val_log(tmp_path, "pa/depth-0", "depth/rmse", [(600, 2.0)])
+    run(tmp_path, "pb/depth-0", "depth", "rmse", True, 0, 600, 3.0)
+    val_log(tmp_path, "pb/depth-0", "depth/rmse", [(600, 1.0)])
+    argv = ["--scratch", f"a={tmp_path}/sa/*", f"b={tmp_path}/sb/*"]
+    argv += ["--pretrained", f"a={tmp_path}/pa/seg-*", f"a={tmp_path}/pa/depth-*", f"b={tmp_path}/pb/*"]
+    assert module.main(argv) == 0
+    out = capsys.readouterr().out
+    gains, choices = out.split("\n\n")
+    depth, seg = rows(gains)
+    assert depth[3].startswith("4.000") and depth[4].startswith("3.000") and depth[6] == "1/1 seeds"
+    assert seg[3] == "70.000 ± 0.000" and seg[5] == "1.500 ± 0.707" and seg[6] == "2/2 seeds"
+    depth_choice, seg_choice = rows(choices)
+    assert depth_choice[1:] == ["a (4.000, 1)", "b (1.000, 1)"]
+    assert seg_choice[1:] == ["a (60.500, 2)", "a (50.000, 2)"]
+
+
 def test_a_multi_task_folder_is_refused(tmp_path):
     module = load("st_convergence")
     folder = tmp_path / "mt"
