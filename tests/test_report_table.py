@@ -215,6 +215,16 @@ def test_refuses_different_budgets_unless_allow_mixed(tmp_path):
     assert "MIXED" in comparison.markdown and "iterations 600 vs 750" in comparison.markdown
 
 
+def test_mixed_notes_name_each_difference_once_with_the_runs_it_concerns(tmp_path):
+    st_pair(tmp_path / "st")
+    for seed in (0, 1):
+        write_run(tmp_path / "long" / f"seed{seed}", {"depth": 2.0, "edge": 50.0}, iterations=1200, seed=seed)
+        write_run(tmp_path / "short" / f"seed{seed}", {"depth": 2.0, "edge": 50.0}, iterations=600, seed=seed)
+    comparison = build_comparison(load_runs([tmp_path / "long", tmp_path / "short", tmp_path / "st"]), allow_mixed=True)
+    others = "short/seed0, short/seed1, st/st-depth-0, st/st-depth-1, st/st-edge-0, st/st-edge-1"
+    assert comparison.notes == [f"iterations 1200 vs 600 (long/seed0 vs {others})"]
+
+
 def test_refuses_models_and_benchmarks_that_differ(tmp_path):
     write_run(tmp_path / "a", {"depth": 2.0, "edge": 50.0})
     write_run(tmp_path / "b", {"depth": 2.0, "edge": 50.0}, sets=["model.depth=6"])

@@ -45,7 +45,7 @@ def check_protocols(multi_task: list[RunRecord], single_task: list[RunRecord], a
     if not runs:
         return []
     anchor = runs[0]
-    notes: list[str] = []
+    differing: dict[str, list[str]] = {}
     for run in multi_task[1:]:
         diff = protocol_difference(anchor, run)
         if diff is not None:
@@ -54,7 +54,7 @@ def check_protocols(multi_task: list[RunRecord], single_task: list[RunRecord], a
                     f"cannot put runs with different budgets, models or benchmarks in one Δm table: "
                     f"{diff} ({str(anchor.dir)!r} vs {str(run.dir)!r}); {ALLOW_HINT}"
                 )
-            notes.append(f"{run.dir.name}: {diff} (vs {anchor.dir.name})")
+            differing.setdefault(diff, []).append(_short_name(run))
     for run in single_task if multi_task else single_task[1:]:
         diff = protocol_difference(anchor, run)
         if diff is None:
@@ -65,5 +65,10 @@ def check_protocols(multi_task: list[RunRecord], single_task: list[RunRecord], a
                 f"{kind} {str(run.dir)!r} does not match the multi-task runs' budget, model or benchmark: "
                 f"{diff} (vs {str(anchor.dir)!r}); {ALLOW_HINT}"
             )
-        notes.append(f"{run.dir.name}: {diff} (vs {anchor.dir.name})")
-    return notes
+        differing.setdefault(diff, []).append(_short_name(run))
+    return [f"{diff} ({_short_name(anchor)} vs {', '.join(names)})" for diff, names in differing.items()]
+
+
+def _short_name(run: RunRecord) -> str:
+    """parent/name of the run folder: enough to tell `mt-ew/seed0` from `st-depth/seed0`."""
+    return f"{run.dir.parent.name}/{run.dir.name}"
