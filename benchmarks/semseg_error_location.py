@@ -26,22 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from tokenmtl.engine.commands import checkpoint_and_config, load_run
+from tokenmtl.metrics.dense import SemsegMeter
 from tokenmtl.models.multitask import MultiTaskModel
 
 IGNORE = 255
-
-
-def _confusion(pred: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
-    keep = target != IGNORE
-    return torch.bincount(target[keep] * classes + pred[keep], minlength=classes * classes).view(classes, classes)
-
-
-def _miou(confusion: torch.Tensor) -> float:
-    """Mean IoU (%) over the classes present in the target or prediction."""
-    tp = confusion.diag().double()
-    union = confusion.sum(0).double() + confusion.sum(1).double() - tp
-    present = union > 0
-    return float((tp[present] / union[present]).mean() * 100)
 
 
 def _patch_majority(target: torch.Tensor, patch: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +43,11 @@ def _patch_majority(target: torch.Tensor, patch: int, classes: int) -> tuple[tor
     return up, pure_up
 
 
+def as_logits(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """(B,H,W) labels -> (B,C,H,W) one-hot scores whose argmax is the label, for SemsegMeter."""
+    return F.one_hot(labels, classes).permute(0, 3, 1, 2).float()
+
+
 def measure(folder: Path) -> dict[str, float]:
     """The error-location figures of one finished semseg run on the test split."""
     state, cfg = checkpoint_and_config(folder)
@@ -62,8 +55,7 @@ def measure(folder: Path) -> dict[str, float]:
     classes = run.specs["semseg"].out_channels
     patch = int(cfg["model"]["patch_size"])
     model = run.model.eval()
-    conf = torch.zeros(classes, classes, dtype=torch.long)
-    conf_major = torch.zeros_like(conf)
+    meter, majority_meter = SemsegMeter(classes), SemsegMeter(classes)
     right = {True: 0, False: 0}
     total = {True: 0, False: 0}
     with torch.no_grad():
@@ -71,10 +63,11 @@ def measure(folder: Path) -> dict[str, float]:
             target = batch["semseg"].long()
             if target.dim() == 4:
                 target = target[:, 0]
-            pred = model(MultiTaskModel.inputs_from_batch(batch), tasks=["semseg"])["semseg"].argmax(1)
+            logits = model(MultiTaskModel.inputs_from_batch(batch), tasks=["semseg"])["semseg"]
+            pred = logits.argmax(1)
             majority, pure = _patch_majority(target, patch, classes)
-            conf += _confusion(pred.flatten(), target.flatten(), classes)
-            conf_major += _confusion(majority.flatten(), target.flatten(), classes)
+            meter.update(logits, target)
+            majority_meter.update(as_logits(majority, classes), target)
             valid = target != IGNORE
             for is_pure in (True, False):
                 where = valid & (pure == is_pure)
@@ -82,12 +75,12 @@ def measure(folder: Path) -> dict[str, float]:
                 right[is_pure] += int((pred == target)[where].sum())
     errors = {k: total[k] - right[k] for k in total}
     return {
-        "mIoU": _miou(conf),
+        "mIoU": meter.compute()["mIoU"],
         "acc_pure": 100 * right[True] / total[True],
         "acc_mixed": 100 * right[False] / total[False],
         "mixed_share": 100 * total[False] / (total[True] + total[False]),
         "errors_mixed": 100 * errors[False] / max(1, errors[True] + errors[False]),
-        "patch_majority_mIoU": _miou(conf_major),
+        "patch_majority_mIoU": majority_meter.compute()["mIoU"],
     }
 
 

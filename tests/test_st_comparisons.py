@@ -121,6 +121,8 @@ def test_semseg_error_location_patch_majority_and_miou_by_hand():
     """A 4x4 target in 2x2 patches: two pure patches, two mixed ones with known majorities."""
     import torch
 
+    from tokenmtl.metrics.dense import SemsegMeter
+
     module = load("semseg_error_location")
     target = torch.tensor(
         [
@@ -134,10 +136,11 @@ def test_semseg_error_location_patch_majority_and_miou_by_hand():
     assert majority[0].tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 1, 1], [2, 2, 1, 1]]
     assert pure[0].tolist() == [[True, True, True, True]] * 2 + [[False, False, False, False]] * 2
     # Majority labelling errs on the two minority pixels: class 0 -> IoU 4/6, class 1 -> 7/8, class 2 -> 3/4.
-    confusion = module._confusion(majority.flatten(), target.flatten(), 3)
-    assert module._miou(confusion) == pytest.approx(100 * (4 / 6 + 7 / 8 + 3 / 4) / 3)
+    meter = SemsegMeter(3)
+    meter.update(module.as_logits(majority, 3), target)
+    assert meter.compute()["mIoU"] == pytest.approx(100 * (4 / 6 + 7 / 8 + 3 / 4) / 3)
     # Ignored pixels (255) are left out of the confusion and of the class shares.
     target[0, 3, 1] = module.IGNORE
     majority, pure = module._patch_majority(target, patch=2, classes=3)
     assert majority[0, 3, 0] == 2 and not pure[0, 3, 0]
-    assert int(module._confusion(majority.flatten(), target.flatten(), 3).sum()) == 15
+    assert int(pure.sum()) == 8 and module.as_logits(majority, 3).argmax(1).equal(majority)
